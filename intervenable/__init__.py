@@ -1,0 +1,47 @@
+"""intervenable: causal interventions on the internal states of PyTorch models.
+
+API-compatible with pyvene: ``import intervenable as pv``.
+"""
+from .config import IntervenableConfig, RepresentationConfig
+from .errors import (
+    ComponentError,
+    ConfigError,
+    InputError,
+    IntervenableError,
+    LocationError,
+    ShapeError,
+)
+from .hooks import HookSet
+from .interventions import (
+    AdditionIntervention,
+    BasisAgnosticIntervention,
+    CollectIntervention,
+    ConstantSourceIntervention,
+    DistributedRepresentationIntervention,
+    Intervention,
+    InterventionOutput,
+    LambdaIntervention,
+    LocalistRepresentationIntervention,
+    NoiseIntervention,
+    SharedWeightsTrainableIntervention,
+    SkipIntervention,
+    SourcelessIntervention,
+    SubtractionIntervention,
+    TrainableIntervention,
+    VanillaIntervention,
+    ZeroIntervention,
+    get_intervention_class,
+    register_intervention,
+    registered_interventions,
+)
+from .model import IntervenableModel, IntervenableModelOutput
+from .sites import (
+    Architecture,
+    Component,
+    Site,
+    list_components,
+    register_architecture,
+    resolve_component,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,189 @@
+"""Configuration objects: ``RepresentationConfig`` and ``IntervenableConfig``.
+
+Both accept every form the reference library accepts (namedtuple, positional
+list, dict, single object or list) and are validated once, here, so that the
+engine only ever sees well-formed representations.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
+
+from .errors import ConfigError, closest
+
+REPRESENTATION_FIELDS = (
+    "layer",
+    "component",
+    "unit",
+    "max_number_of_units",
+    "low_rank_dimension",
+    "intervention_type",
+    "intervention",
+    "subspace_partition",
+    "group_key",
+    "intervention_link_key",
+    "moe_key",
+    "source_representation",
+    "hidden_source_representation",
+    "latent_dim",
+)
+
+_RepresentationBase = namedtuple(
+    "RepresentationConfig",
+    REPRESENTATION_FIELDS,
+    defaults=(0, "block_output", "pos", 1, None, None, None, None, None, None, None, None, None, None),
+)
+
+UNITS = ("pos", "h", "h.pos", "t")
+MODES = ("parallel", "serial")
+
+
+class RepresentationConfig(_RepresentationBase):
+    """Where and how to intervene: one site of the model.
+
+    Fields and defaults are those of the reference library, positional or by
+    keyword: ``layer=0, component="block_output", unit="pos",
+    max_number_of_units=1`` and optional ``low_rank_dimension,
+    intervention_type, intervention, subspace_partition, group_key,
+    intervention_link_key, moe_key, source_representation,
+    hidden_source_representation, latent_dim``.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def from_any(cls, value: Any) -> "RepresentationConfig":
+        """Build from a RepresentationConfig, a dict, or a positional list/tuple."""
+        if isinstance(value, RepresentationConfig):
+            return value
+        if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a foreign namedtuple
+            return cls.from_any(dict(value._asdict()))
+        if isinstance(value, Mapping):
+            unknown = [k for k in value if k not in REPRESENTATION_FIELDS]
+            if unknown:
+                hint = closest(str(unknown[0]), REPRESENTATION_FIELDS)
+                raise ConfigError(
+                    f"Unknown representation field {unknown[0]!r}.{hint} "
+                    f"Valid fields: {', '.join(REPRESENTATION_FIELDS)}."
+                )
+            return cls(**dict(value))
+        if isinstance(value, (list, tuple)):
+            if len(value) > len(REPRESENTATION_FIELDS):
+                raise ConfigError(
+                    f"A positional representation has at most {len(REPRESENTATION_FIELDS)} fields "
+                    f"({', '.join(REPRESENTATION_FIELDS)}); got {len(value)}."
+                )
+            return cls(*value)
+        raise ConfigError(
+            f"Cannot read a representation from {type(value).__name__}: pass a "
+            "RepresentationConfig, a dict such as {'layer': 6, 'component': 'block_output'}, "
+            "or a positional list."
+        )
+
+    def validate(self) -> "RepresentationConfig":
+        """Check field types; return self so calls can be chained."""
+        if not isinstance(self.component, str) or not self.component:
+            raise ConfigError(
+                f"'component' must be a non-empty string such as 'block_output' or "
+                f"'transformer.h[6].mlp.output'; got {self.component!r}."
+            )
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
+            raise ConfigError(f"'layer' must be an int; got {self.layer!r}.")
+        if self.unit not in UNITS:
+            hint = closest(str(self.unit), UNITS)
+            raise ConfigError(f"Unknown unit {self.unit!r}.{hint} Valid units: {', '.join(UNITS)}.")
+        n = self.max_number_of_units
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"'max_number_of_units' must be a positive int; got {n!r}.")
+        if self.intervention is not None and self.intervention_type is not None:
+            raise ConfigError(
+                "Give either 'intervention' (a class, an instance or a callable) or "
+                "'intervention_type' (a class), not both."
+            )
+        return self
+
+
+RepresentationLike = Union[RepresentationConfig, Mapping[str, Any], Sequence[Any]]
+
+
+def _as_representation_list(representations: Any) -> List[RepresentationConfig]:
+    if representations is None:
+        return [RepresentationConfig()]
+    if isinstance(representations, (RepresentationConfig, Mapping)) or (
+        isinstance(representations, tuple) and hasattr(representations, "_asdict")
+    ):
+        representations = [representations]
+    if not isinstance(representations, (list, tuple)):
+        raise ConfigError(
+            "'representations' must be a RepresentationConfig, a dict, or a list of them; "
+            f"got {type(representations).__name__}."
+        )
+    if len(representations) == 0:
+        raise ConfigError("'representations' is empty: give at least one site to intervene on.")
+    return [RepresentationConfig.from_any(r).validate() for r in representations]
+
+
+class IntervenableConfig:
+    """A list of representations plus how to run them.
+
+    ``representations``: one or a list of ``RepresentationConfig`` / dict /
+    positional list. ``intervention_types``: a class used for every
+    representation that names none, or a list with one class per
+    representation. ``mode``: ``"parallel"`` (every group reads its source and
+    all write into the base run) or ``"serial"`` (each group's intervened
+    source feeds the next group).
+    """
+
+    def __init__(
+        self,
+        representations: Any = None,
+        intervention_types: Any = None,
+        mode: str = "parallel",
+        sorted_keys: Optional[List[str]] = None,
+        **kwargs: Any,
+    ) -> None:
+        self.representations: List[RepresentationConfig] = _as_representation_list(representations)
+        if mode not in MODES:
+            raise ConfigError(f"Unknown mode {mode!r}: use 'parallel' or 'serial'.")
+        self.mode = mode
+        if isinstance(intervention_types, (list, tuple)) and len(intervention_types) != len(self.representations):
+            raise ConfigError(
+                f"'intervention_types' lists {len(intervention_types)} types for "
+                f"{len(self.representations)} representations: give one per representation, or a single type."
+            )
+        self.intervention_types = intervention_types
+        self.sorted_keys = sorted_keys
+        # Unknown keyword arguments are kept (the reference accepts arbitrary
+        # PretrainedConfig-style kwargs), but never interpreted.
+        self.extra = dict(kwargs)
+
+    def intervention_spec(self, index: int) -> Any:
+        """The 'what' of representation ``index``: an instance, class, callable or None."""
+        rep = self.representations[index]
+        if rep.intervention is not None:
+            return rep.intervention
+        if rep.intervention_type is not None:
+            return rep.intervention_type
+        types = self.intervention_types
+        if isinstance(types, (list, tuple)):
+            return types[index]
+        return types
+
+    def add_intervention(self, representations: Any) -> None:
+        """Append one or more representations."""
+        self.representations.extend(_as_representation_list(representations))
+
+    def __repr__(self) -> str:
+        reps = ",\n    ".join(repr(r) for r in self.representations)
+        return f"IntervenableConfig(mode={self.mode!r}, representations=[\n    {reps}\n])"
+
+
+def as_config(config: Any) -> IntervenableConfig:
+    """Accept an IntervenableConfig, or a bare representation / list of them."""
+    if isinstance(config, IntervenableConfig):
+        return config
+    return IntervenableConfig(representations=config)
+
+
+def iter_representations(config: IntervenableConfig) -> Iterable[RepresentationConfig]:
+    return iter(config.representations)

@@ -1,0 +1,249 @@
+"""Hook callbacks of one intervened call: getters read source units, setters write base units.
+
+``Slot`` is one configured intervention (key, site, unit, intervention module).
+``CallState`` holds everything that lives for one forward call (gathered
+source activations, collected values, latents) so that nothing leaks between
+calls. ``getter`` and ``setter`` build the hook functions that ``HookSet``
+registers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .config import RepresentationConfig
+from .errors import InputError, ShapeError
+from .interventions.base import InterventionOutput
+from .interventions.basic import CollectIntervention
+from .sites.site import Site, extract, replace
+from .units import Units, gather, resolve_units, scatter
+
+
+@dataclass
+class Slot:
+    """One configured intervention: where (site, unit) and what (intervention)."""
+
+    key: str
+    index: int
+    site: Site
+    unit: str
+    intervention: nn.Module
+    representation: RepresentationConfig
+
+    @property
+    def head_view(self) -> bool:
+        return self.site.has_heads
+
+    @property
+    def is_collect(self) -> bool:
+        return isinstance(self.intervention, CollectIntervention)
+
+    @property
+    def needs_source(self) -> bool:
+        return bool(getattr(self.intervention, "needs_source", True))
+
+    def where(self) -> str:
+        return f"{self.key} ({self.site.describe()})"
+
+
+@dataclass
+class CallState:
+    """State of one intervened forward call."""
+
+    activations: Dict[str, torch.Tensor] = field(default_factory=dict)
+    collected: Dict[str, torch.Tensor] = field(default_factory=dict)
+    latents: Dict[str, Any] = field(default_factory=dict)
+
+
+# -- reading and writing the hooked value --------------------------------------
+def _input_location(site: Site, args: tuple, kwargs: dict) -> Tuple[str, Any]:
+    """Where the hooked input tensor lives: ("arg", i) or ("kw", name)."""
+    if len(args) > site.output_index:
+        return "arg", site.output_index
+    for name in ("hidden_states", "input", "x", "inputs_embeds", "input_ids"):
+        if isinstance(kwargs.get(name), torch.Tensor):
+            return "kw", name
+    for name, value in kwargs.items():
+        if isinstance(value, torch.Tensor):
+            return "kw", name
+    raise ShapeError(f"Site {site.describe()}: the module was called without a tensor input to intervene on.")
+
+
+def read_input(site: Site, args: tuple, kwargs: dict) -> torch.Tensor:
+    kind, where = _input_location(site, args, kwargs)
+    value = args[where] if kind == "arg" else kwargs[where]
+    if not isinstance(value, torch.Tensor):
+        raise ShapeError(f"Site {site.describe()}: the module's input is {type(value).__name__}, not a tensor.")
+    return value
+
+
+def write_input(site: Site, args: tuple, kwargs: dict, new: torch.Tensor) -> Tuple[tuple, dict]:
+    kind, where = _input_location(site, args, kwargs)
+    if kind == "arg":
+        args = tuple(new if i == where else a for i, a in enumerate(args))
+    else:
+        kwargs = dict(kwargs)
+        kwargs[where] = new
+    return args, kwargs
+
+
+def _module_input_units(slot: Slot, args: tuple, kwargs: dict, units: Units) -> torch.Tensor:
+    """The module's own input at the same units (for skip interventions)."""
+    value = read_input(slot.site, args, kwargs)
+    if slot.site.slice is not None or slot.site.n_heads is not None:
+        view = slot.site.to_view(value)
+    else:
+        view = value
+    return gather(view, resolve_units(units, view, slot.head_view, slot.where()), slot.head_view)
+
+
+# -- flattening units for interventions that want one vector per row -----------
+def _flatten(t: torch.Tensor, head_view: bool) -> torch.Tensor:
+    if t.dim() < 3:
+        return t
+    if head_view and t.dim() == 4:  # [b, h, s, d] -> [b, s, h*d]
+        b, h, s, d = t.shape
+        return t.permute(0, 2, 1, 3).reshape(b, s, h * d)
+    return t.reshape(t.shape[0], -1)
+
+
+def _unflatten(t: torch.Tensor, like: torch.Tensor, head_view: bool) -> torch.Tensor:
+    if like.dim() < 3:
+        return t
+    if head_view and like.dim() == 4:
+        b, h, s, d = like.shape
+        return t.reshape(b, s, h, d).permute(0, 2, 1, 3)
+    return t.reshape(like.shape)
+
+
+# -- hook builders -------------------------------------------------------------
+def getter(slot: Slot, units: Units, state: CallState, store_key: Optional[str] = None) -> Callable[..., Any]:
+    """A hook that stores the selected units of this site in ``state.activations``."""
+    store_key = store_key or slot.key
+
+    def read(full: torch.Tensor) -> None:
+        view = slot.site.to_view(full)
+        resolved = resolve_units(units, view, slot.head_view, slot.where())
+        state.activations[store_key] = gather(view, resolved, slot.head_view)
+
+    if slot.site.hook == "input":
+        def pre_hook(module, args, kwargs):
+            read(read_input(slot.site, args, kwargs))
+            return None
+        return pre_hook
+
+    def hook(module, args, kwargs, output):
+        read(extract(slot.site, output))
+        return None
+
+    return hook
+
+
+def apply_intervention(
+    slot: Slot,
+    base_units: torch.Tensor,
+    source: Optional[torch.Tensor],
+    subspaces: Any,
+    extra_kwargs: Optional[Dict[str, Any]],
+    state: CallState,
+) -> Optional[torch.Tensor]:
+    """Run the intervention on gathered units; None means "leave the activation as is"."""
+    intervention = slot.intervention
+    flatten = bool(getattr(intervention, "flatten_units", False))
+    base_in = _flatten(base_units, slot.head_view) if flatten else base_units
+    src_in = source
+    if flatten and source is not None and source.shape == base_units.shape:
+        src_in = _flatten(source, slot.head_view)
+    kwargs = dict(extra_kwargs or {})
+    result = intervention(base_in, src_in, subspaces, **kwargs)
+    if isinstance(result, InterventionOutput) or (hasattr(result, "output") and hasattr(result, "latent")):
+        state.latents[slot.key] = result.latent
+        result = result.output
+    if not isinstance(result, torch.Tensor):
+        raise ShapeError(
+            f"Intervention at {slot.where()} returned {type(result).__name__}; it must return a tensor "
+            f"shaped like its base input {tuple(base_in.shape)}."
+        )
+    if slot.is_collect:
+        state.collected[slot.key] = result
+        return None
+    if flatten:
+        if result.shape != base_in.shape:
+            raise ShapeError(
+                f"Intervention at {slot.where()} returned shape {tuple(result.shape)} for a base of "
+                f"shape {tuple(base_in.shape)}."
+            )
+        result = _unflatten(result, base_units, slot.head_view)
+    if result.shape != base_units.shape:
+        try:
+            result = torch.broadcast_to(result, base_units.shape)
+        except RuntimeError:
+            raise ShapeError(
+                f"Intervention at {slot.where()} returned shape {tuple(result.shape)} but the selected "
+                f"base units have shape {tuple(base_units.shape)}."
+            ) from None
+    return result
+
+
+def setter(
+    slot: Slot,
+    units: Units,
+    state: CallState,
+    source: Optional[torch.Tensor],
+    subspaces: Any,
+    extra_kwargs: Optional[Dict[str, Any]],
+) -> Callable[..., Any]:
+    """A hook that replaces the selected units of this site by the intervention's output."""
+
+    def write(full: torch.Tensor, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+        view = slot.site.to_view(full)
+        resolved = resolve_units(units, view, slot.head_view, slot.where())
+        base_units = gather(view, resolved, slot.head_view)
+        src = source
+        if slot.intervention is not None and getattr(slot.intervention, "uses_module_input", False):
+            src = _module_input_units(slot, args, kwargs, units)
+        if src is not None and isinstance(src, torch.Tensor):
+            src = _match_source(slot, src, base_units)
+        new_units = apply_intervention(slot, base_units, src, subspaces, extra_kwargs, state)
+        if new_units is None:
+            return None
+        return slot.site.from_view(full, scatter(view, resolved, slot.head_view, new_units))
+
+    if slot.site.hook == "input":
+        def pre_hook(module, args, kwargs):
+            new = write(read_input(slot.site, args, kwargs), args, kwargs)
+            if new is None:
+                return None
+            return write_input(slot.site, args, kwargs, new)
+        return pre_hook
+
+    def hook(module, args, kwargs, output):
+        new = write(extract(slot.site, output), args, kwargs)
+        if new is None:
+            return None
+        return replace(slot.site, output, new)
+
+    return hook
+
+
+def _match_source(slot: Slot, source: torch.Tensor, base_units: torch.Tensor) -> torch.Tensor:
+    """Move the source to the base's device/dtype and check that the two fit."""
+    source = source.to(device=base_units.device, dtype=base_units.dtype)
+    if source.dim() == base_units.dim() and source.shape[0] != base_units.shape[0] and source.shape[0] != 1:
+        raise InputError(
+            f"At {slot.where()}: the source has batch size {source.shape[0]} but the base has "
+            f"{base_units.shape[0]}. Sources and base must have the same batch size."
+        )
+    if source.dim() == base_units.dim() and source.shape[1:] != base_units.shape[1:]:
+        try:
+            torch.broadcast_shapes(source.shape, base_units.shape)
+        except RuntimeError:
+            raise ShapeError(
+                f"At {slot.where()}: source units have shape {tuple(source.shape)} but base units have "
+                f"{tuple(base_units.shape)}. Select the same number of units (positions/heads) on both "
+                "sides of unit_locations."
+            ) from None
+    return source

@@ -1,0 +1,285 @@
+"""The intervention protocol, its base classes, and the registry of types by name.
+
+An intervention is an ``nn.Module`` called as
+``intervention(base, source, subspaces=None, **kwargs)``:
+
+* ``base``: the selected units of the base run, ``[batch, positions, width]``
+  (``[batch, heads, positions, head_dim]`` for head units; ``[batch, width]``
+  for 2-D activations);
+* ``source``: the same units of the source run, a constant
+  ``source_representation``, or ``None`` for sourceless interventions;
+* ``subspaces``: per-row lists of dimension indices (or partition ids when
+  ``subspace_partition`` is set), or ``None``.
+
+It returns the new value of ``base`` (same shape) or an ``InterventionOutput``.
+Interventions whose class sets ``flatten_units = True`` (the rotations) see
+units concatenated into the last dimension instead, ``[batch, units * width]``,
+as in the reference library.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Type
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ShapeError, closest
+
+
+@dataclass
+class InterventionOutput:
+    """What an intervention returns when it also exposes a latent (e.g. SAE features)."""
+
+    output: Any = None
+    latent: Any = None
+
+
+def expand_partition(partition: Optional[Sequence[Any]]) -> Optional[List[List[int]]]:
+    """``[[0, 4], [4, 8]]`` (ranges) or ``[[0, 2, 5], ...]`` (indices) -> index lists."""
+    if partition is None:
+        return None
+    out: List[List[int]] = []
+    for part in partition:
+        part = list(part)
+        if len(part) == 2 and all(isinstance(p, int) for p in part) and part[1] > part[0] + 1:
+            out.append(list(range(part[0], part[1])))
+        elif len(part) == 2 and all(isinstance(p, int) for p in part) and part[1] == part[0] + 1:
+            out.append([part[0]])
+        else:
+            out.append([int(p) for p in part])
+    return out
+
+
+class Intervention(nn.Module):
+    """Base of every intervention. Accepts the reference's keyword arguments.
+
+    ``embed_dim``: width of what the intervention sees; ``source_representation``:
+    a constant source (then no source run is needed); ``subspace_partition``:
+    groups of dimensions that ``subspaces`` ids refer to.
+    """
+
+    #: present units concatenated into the last dimension (rotations)
+    flatten_units: bool = False
+    #: True for interventions that read the module's own input as source (skip)
+    uses_module_input: bool = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.trainable = False
+        self.is_source_constant = False
+        self.keep_last_dim = bool(kwargs.get("keep_last_dim", False))
+        self.use_fast = bool(kwargs.get("use_fast", False))
+        self.subspace_partition = expand_partition(kwargs.get("subspace_partition"))
+        embed_dim = kwargs.get("embed_dim")
+        self.embed_dim: Optional[int] = int(embed_dim) if embed_dim is not None else None
+        self.interchange_dim: Optional[int] = self.embed_dim
+        self.low_rank_dimension = kwargs.get("low_rank_dimension")
+        source = kwargs.get("source_representation")
+        if source is not None:
+            self.set_source_representation(source)
+        else:
+            self.source_representation = None
+            if kwargs.get("hidden_source_representation") is not None:
+                self.is_source_constant = True
+
+    def set_source_representation(self, source_representation: torch.Tensor) -> None:
+        """Use a constant source; no source run is needed afterwards."""
+        if not isinstance(source_representation, torch.Tensor):
+            source_representation = torch.as_tensor(source_representation)
+        self.is_source_constant = True
+        if "source_representation" in self._buffers or not hasattr(self, "source_representation"):
+            self.register_buffer("source_representation", source_representation)
+        else:
+            delattr(self, "source_representation")
+            self.register_buffer("source_representation", source_representation)
+
+    def set_interchange_dim(self, interchange_dim: Any) -> None:
+        self.interchange_dim = int(interchange_dim)
+
+    @property
+    def needs_source(self) -> bool:
+        """True when a forward needs source activations (or source_representations)."""
+        return not self.is_source_constant and not self.uses_module_input
+
+    def _source(self, source: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return self.source_representation if self.source_representation is not None else source
+
+    def forward(self, base: torch.Tensor, source: Optional[torch.Tensor] = None, subspaces: Any = None, **kwargs: Any):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> "Intervention":
+        # Old reference tutorials index ``interventions[key][0]`` (a (module, hook) pair).
+        if index == 0:
+            return self
+        raise IndexError("an intervention is not a sequence; interventions[key] is the intervention itself")
+
+
+class TrainableIntervention(Intervention):
+    """An intervention with learned parameters; needs a source unless given a constant one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trainable = True
+
+    def tie_weight(self, linked_intervention: "Intervention") -> None:
+        pass
+
+
+class ConstantSourceIntervention(Intervention):
+    """An intervention that needs no source run (constant or no source)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.is_source_constant = True
+
+
+class SourcelessIntervention(ConstantSourceIntervention):
+    """An intervention that never reads a source."""
+
+
+class LocalistRepresentationIntervention(nn.Module):
+    """Marker: works unit by unit (kept for reference compatibility)."""
+
+    is_repr_distributed = False
+
+
+class DistributedRepresentationIntervention(nn.Module):
+    """Marker: works on a learned basis (kept for reference compatibility)."""
+
+    is_repr_distributed = True
+
+
+class BasisAgnosticIntervention(Intervention):
+    """Marker: changes its basis in an uncontrolled way (kept for reference compatibility)."""
+
+    basis_agnostic = True
+
+
+class SharedWeightsTrainableIntervention(TrainableIntervention):
+    """Marker: weights shared across sites."""
+
+    shared_weights = True
+
+
+# -- subspace arithmetic shared by the basic interventions ---------------------
+def broadcast_source(source: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """``source`` broadcast to ``base``'s shape, with a clear error when it cannot be."""
+    source = source.to(device=base.device, dtype=base.dtype)
+    if source.shape == base.shape:
+        return source
+    try:
+        return torch.broadcast_to(source, base.shape)
+    except RuntimeError as exc:
+        raise ShapeError(
+            f"Source with shape {tuple(source.shape)} cannot be broadcast to the base units "
+            f"{tuple(base.shape)}: select the same number of units on both sides and give "
+            "source representations of the component's width."
+        ) from exc
+
+
+def subspace_mask(
+    subspaces: Any, partition: Optional[List[List[int]]], base: torch.Tensor
+) -> torch.Tensor:
+    """Boolean ``[batch, 1.., width]`` mask of the dimensions named by ``subspaces``."""
+    width = base.shape[-1]
+    rows = subspaces.tolist() if isinstance(subspaces, torch.Tensor) else subspaces
+    if rows and not isinstance(rows[0], (list, tuple)):
+        rows = [rows] * base.shape[0]
+    if len(rows) == 1 and base.shape[0] > 1:
+        rows = list(rows) * base.shape[0]
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        dims: List[int] = []
+        for s in row:
+            if partition is not None:
+                if not 0 <= int(s) < len(partition):
+                    raise ShapeError(f"Subspace id {s} is outside the partition of {len(partition)} subspaces.")
+                dims.extend(partition[int(s)])
+            else:
+                dims.append(int(s))
+        if dims and (max(dims) >= width or min(dims) < -width):
+            raise ShapeError(f"Subspace dimension {max(dims)} is outside the width {width}.")
+        mask[i, dims] = True
+    if mask.shape[0] != base.shape[0]:
+        raise ShapeError(f"subspaces give {mask.shape[0]} rows for a batch of {base.shape[0]}.")
+    return mask.to(base.device).view(base.shape[0], *([1] * (base.dim() - 2)), width)
+
+
+def swap(
+    base: torch.Tensor,
+    source: torch.Tensor,
+    op: str,
+    subspaces: Any = None,
+    partition: Optional[List[List[int]]] = None,
+    interchange_dim: Optional[int] = None,
+) -> torch.Tensor:
+    """Out-of-place ``base <- source`` (op ``"interchange"``), ``base + source`` or ``base - source``,
+    restricted to ``subspaces`` or to the first ``interchange_dim`` dimensions."""
+    source = broadcast_source(source, base)
+    if op == "interchange":
+        new = source
+    elif op == "add":
+        new = base + source
+    elif op == "subtract":
+        new = base - source
+    else:  # pragma: no cover - internal
+        raise ValueError(op)
+    if subspaces is not None:
+        return torch.where(subspace_mask(subspaces, partition, base), new, base)
+    width = base.shape[-1]
+    if interchange_dim is None or interchange_dim >= width:
+        return new
+    return torch.cat([new[..., :interchange_dim], base[..., interchange_dim:]], dim=-1)
+
+
+# -- the registry of intervention types by name --------------------------------
+_REGISTRY: Dict[str, Type[nn.Module]] = {}
+
+
+def register_intervention(name: Any = None, cls: Optional[Type[nn.Module]] = None):
+    """Register an intervention class under a name (saved files refer to names).
+
+    ``register_intervention("MyIntervention", MyIntervention)``, or as a decorator:
+    ``@register_intervention`` / ``@register_intervention("MyName")``.
+    """
+    if isinstance(name, type) and cls is None:  # bare decorator
+        return register_intervention(name.__name__, name)
+    if cls is None:
+        return lambda c: register_intervention(name or c.__name__, c)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"Only nn.Module subclasses can be registered as interventions; got {cls!r}.")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing is not cls:
+        raise ConfigError(
+            f"An intervention named {name!r} is already registered ({existing.__module__}.{existing.__qualname__}); "
+            "pick another name."
+        )
+    _REGISTRY[name] = cls
+    return cls
+
+
+def get_intervention_class(name: str) -> Type[nn.Module]:
+    """The class registered under ``name``; a clear error says how to register it."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        hint = closest(name, _REGISTRY)
+        raise ConfigError(
+            f"No intervention type named {name!r} is registered.{hint} If it is your own class, "
+            f"register it before loading: pv.register_intervention({name!r}, {name})."
+        ) from None
+
+
+def intervention_name(obj: Any) -> Optional[str]:
+    """The registered name of an intervention class or instance, or None."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    for name, registered in _REGISTRY.items():
+        if registered is cls:
+            return name
+    return None
+
+
+def registered_interventions() -> Dict[str, Type[nn.Module]]:
+    return dict(_REGISTRY)
+

@@ -1,0 +1,139 @@
+"""The basic interventions: swap, add, subtract, zero, collect, noise, skip, and plain callables."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..errors import InputError
+from .base import (
+    BasisAgnosticIntervention,
+    ConstantSourceIntervention,
+    Intervention,
+    LocalistRepresentationIntervention,
+    register_intervention,
+    subspace_mask,
+    swap,
+)
+
+
+def _require(source: Optional[torch.Tensor], name: str) -> torch.Tensor:
+    if source is None:
+        raise InputError(
+            f"{name} needs a source: pass sources=[...], source_representations=..., or give the "
+            "representation a constant 'source_representation'."
+        )
+    return source
+
+
+@register_intervention("VanillaIntervention")
+class VanillaIntervention(Intervention, LocalistRepresentationIntervention):
+    """Interchange: replace the base units by the source units (activation patching)."""
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        src = _require(self._source(source), "VanillaIntervention")
+        return swap(base, src, "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+
+
+@register_intervention("AdditionIntervention")
+class AdditionIntervention(BasisAgnosticIntervention, LocalistRepresentationIntervention):
+    """Add the source to the base (steering with a vector)."""
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        src = _require(self._source(source), "AdditionIntervention")
+        return swap(base, src, "add", subspaces, self.subspace_partition, self.interchange_dim)
+
+
+@register_intervention("SubtractionIntervention")
+class SubtractionIntervention(BasisAgnosticIntervention, LocalistRepresentationIntervention):
+    """Subtract the source from the base."""
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        src = _require(self._source(source), "SubtractionIntervention")
+        return swap(base, src, "subtract", subspaces, self.subspace_partition, self.interchange_dim)
+
+
+@register_intervention("ZeroIntervention")
+class ZeroIntervention(ConstantSourceIntervention, LocalistRepresentationIntervention):
+    """Set the selected units (or subspace) to zero."""
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        return swap(base, torch.zeros_like(base), "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+
+
+@register_intervention("CollectIntervention")
+class CollectIntervention(ConstantSourceIntervention):
+    """Read the selected units without changing them; returns what was collected.
+
+    The engine leaves the activation untouched and reports the returned tensor
+    in ``collected_activations``.
+    """
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        if subspaces is not None:
+            mask = subspace_mask(subspaces, self.subspace_partition, base)
+            dims = mask.reshape(base.shape[0], -1)[0].nonzero().flatten()
+            return base[..., dims]
+        if self.interchange_dim is not None and self.interchange_dim < base.shape[-1]:
+            return base[..., : self.interchange_dim]
+        return base
+
+
+@register_intervention("NoiseIntervention")
+class NoiseIntervention(ConstantSourceIntervention, LocalistRepresentationIntervention):
+    """Add seeded Gaussian noise of scale ``noise_level`` (ROME-style corruption).
+
+    The noise is drawn from a generator seeded with ``seed`` at every call, so
+    the same input gets the same noise, run after run.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        level = kwargs.get("noise_level", kwargs.get("noise_leve", 0.13462981581687927))
+        self.register_buffer("noise_level", torch.tensor(float(level)))
+        self.seed = int(kwargs.get("seed", 1))
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        noise = torch.randn(base.shape, generator=generator, dtype=torch.float32).to(base.device, base.dtype)
+        return swap(base, noise * self.noise_level.to(base.dtype), "add", subspaces, self.subspace_partition, self.interchange_dim)
+
+
+@register_intervention("SkipIntervention")
+class SkipIntervention(BasisAgnosticIntervention, LocalistRepresentationIntervention):
+    """Skip the module: its output at the selected units becomes its input there.
+
+    ``source`` is filled by the engine with the module's own input (same units).
+    """
+
+    uses_module_input = True
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        src = _require(source, "SkipIntervention")
+        return swap(base, src, "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+
+
+class LambdaIntervention(Intervention):
+    """Wrap a plain callable ``f(base, source)`` (or ``f(base, source, subspaces)``)."""
+
+    def __init__(self, func: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.func = func
+        try:
+            params = inspect.signature(func).parameters
+            self._takes_subspaces = len(params) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params.values())
+        except (TypeError, ValueError):
+            self._takes_subspaces = False
+
+    @property
+    def needs_source(self) -> bool:
+        return False  # a callable may ignore its source; it gets None without one
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        if subspaces is not None and self._takes_subspaces:
+            return self.func(base, self._source(source), subspaces)
+        return self.func(base, self._source(source))
+
+    def extra_repr(self) -> str:
+        return getattr(self.func, "__name__", repr(self.func))

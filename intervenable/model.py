@@ -1,0 +1,314 @@
+"""``IntervenableModel``: wrap any PyTorch model and run it with interventions."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .config import IntervenableConfig, RepresentationConfig, as_config
+from .engine import CallState, Slot, getter, setter
+from .errors import ConfigError, InputError
+from .hooks import HookSet
+from .inputs import batch_size, call_model
+from .interventions.base import Intervention, get_intervention_class
+from .interventions.basic import LambdaIntervention, VanillaIntervention
+from .model_params import ParameterMixin
+from .sites.resolve import resolve_component
+from .sites.site import Site
+from .units import Locations, normalise_parallel, normalise_serial, normalise_subspaces
+
+
+@dataclass
+class IntervenableModelOutput:
+    """Outputs of an intervened forward (``return_dict=True``)."""
+
+    original_outputs: Any = None
+    intervened_outputs: Any = None
+    collected_activations: Optional[List[torch.Tensor]] = None
+    latents: Dict[str, Any] = field(default_factory=dict)
+
+
+def representation_key(rep: RepresentationConfig, counter: Dict[str, int]) -> str:
+    """Stable, readable key: ``layer_6_comp_block_output_unit_pos_nunit_1#0``.
+
+    Raw module paths give ``comp_transformer_h[6]_mlp_output_unit_pos_nunit_1#0``.
+    ``#i`` counts repeats of the same site.
+    """
+    unit = rep.unit.replace(".", "_")
+    comp = rep.component.replace(".", "_")
+    if "." in rep.component or "[" in rep.component:
+        proposal = f"comp_{comp}_unit_{unit}_nunit_{rep.max_number_of_units}"
+    else:
+        proposal = f"layer_{rep.layer}_comp_{comp}_unit_{unit}_nunit_{rep.max_number_of_units}"
+    if rep.moe_key is not None:
+        proposal += f"_moe_{rep.moe_key}"
+    index = counter.get(proposal, -1) + 1
+    counter[proposal] = index
+    return f"{proposal}#{index}"
+
+
+def build_intervention(spec: Any, rep: RepresentationConfig, site: Site) -> nn.Module:
+    """An intervention module from a class, instance, registered name or plain callable."""
+    if isinstance(spec, str):
+        spec = get_intervention_class(spec)
+    if spec is None:
+        spec = VanillaIntervention
+    if isinstance(spec, nn.Module):
+        if rep.source_representation is not None and hasattr(spec, "set_source_representation"):
+            spec.set_source_representation(rep.source_representation)
+        return spec
+    if isinstance(spec, type):
+        if not issubclass(spec, nn.Module):
+            raise ConfigError(f"Intervention class {spec.__name__} must be an nn.Module subclass.")
+        kwargs = rep._asdict()
+        width = site.width
+        if width is not None and getattr(spec, "flatten_units", False):
+            width = width * int(rep.max_number_of_units)
+        kwargs["embed_dim"] = width
+        if issubclass(spec, Intervention):
+            return spec(**kwargs)
+        try:
+            return spec(**kwargs)
+        except TypeError:
+            return spec()
+    if callable(spec):
+        return LambdaIntervention(spec, source_representation=rep.source_representation)
+    raise ConfigError(
+        f"Cannot use {spec!r} as an intervention: give an intervention class, an instance, a registered "
+        "name, or a callable f(base, source)."
+    )
+
+
+class IntervenableModel(ParameterMixin, nn.Module):
+    """A model wrapped with interventions; itself an ``nn.Module``.
+
+    ``IntervenableModel(config, model)`` where ``config`` is an
+    ``IntervenableConfig``, a ``RepresentationConfig``, a dict or a list of
+    them. The model's parameters are frozen (``disable_model_gradients``);
+    call ``enable_model_gradients()`` to train them too.
+    """
+
+    def __init__(self, config: Any, model: nn.Module, backend: str = "native", **kwargs: Any) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+        self.config: IntervenableConfig = as_config(config)
+        self.model = model
+        self.mode = self.config.mode
+        self.interventions = nn.ModuleDict()
+        self.representations: "OrderedDict[str, RepresentationConfig]" = OrderedDict()
+        self.sites: "OrderedDict[str, Site]" = OrderedDict()
+        self._slots: List[Slot] = []
+        links: Dict[Any, nn.Module] = {}
+        counter: Dict[str, int] = {}
+        for i, rep in enumerate(self.config.representations):
+            key = representation_key(rep, counter)
+            site = resolve_component(model, rep.component, rep.layer, rep.moe_key)
+            self._check_unit(rep, site)
+            if rep.intervention_link_key is not None and rep.intervention_link_key in links:
+                intervention = links[rep.intervention_link_key]
+            else:
+                intervention = build_intervention(self.config.intervention_spec(i), rep, site)
+                if rep.intervention_link_key is not None:
+                    links[rep.intervention_link_key] = intervention
+            slot = Slot(key, i, site, rep.unit, intervention, rep)
+            if not site.writable and not slot.is_collect:
+                raise ConfigError(
+                    f"{rep.component!r} at {site.describe()} can be read but not written (changing it does "
+                    "not change the model's computation): use CollectIntervention there."
+                )
+            self.interventions[key] = intervention
+            self.representations[key] = rep
+            self.sites[key] = site
+            self._slots.append(slot)
+        self.sorted_keys: List[str] = [s.key for s in self._slots]
+        self._intervention_group = self._build_groups()
+        self.disable_model_gradients()
+
+    # -- construction helpers ---------------------------------------------------
+    @staticmethod
+    def _check_unit(rep: RepresentationConfig, site: Site) -> None:
+        if rep.unit in ("h", "h.pos") and not site.has_heads:
+            raise ConfigError(
+                f"Unit {rep.unit!r} selects attention heads, but {rep.component!r} has no head view. "
+                "Use a head component (head_attention_value_output, head_query_output, ...) or unit 'pos'."
+            )
+
+    def _build_groups(self) -> "OrderedDict[Any, List[int]]":
+        keys = [s.representation.group_key for s in self._slots]
+        if all(k is None for k in keys):
+            return OrderedDict((i, [i]) for i in range(len(self._slots)))
+        if any(k is None for k in keys):
+            raise ConfigError("When one representation has a group_key, every representation needs one.")
+        groups: "OrderedDict[Any, List[int]]" = OrderedDict()
+        for i, key in sorted(enumerate(keys), key=lambda item: (item[1], item[0])):
+            groups.setdefault(key, []).append(i)
+        return groups
+
+    @property
+    def groups(self) -> List[List[str]]:
+        """Keys of the interventions in each group, in group order."""
+        return [[self._slots[i].key for i in members] for members in self._intervention_group.values()]
+
+    def __str__(self) -> str:
+        lines = [f"IntervenableModel(mode={self.mode!r}, model={type(self.model).__name__})"]
+        for slot in self._slots:
+            lines.append(f"  {slot.key}: {type(slot.intervention).__name__} at {slot.site.describe()} unit={slot.unit}")
+        return "\n".join(lines)
+
+    # -- inputs -----------------------------------------------------------------
+    def _sources_per_group(self, sources: Optional[Sequence[Any]]) -> List[Any]:
+        n = len(self._intervention_group)
+        if sources is None:
+            return [None] * n
+        if not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        sources = list(sources)
+        if len(sources) == 1 and n > 1:
+            return sources * n
+        if len(sources) != n:
+            raise InputError(
+                f"Got {len(sources)} sources for {n} intervention groups: pass one source per group "
+                f"(groups: {self.groups}), or a single source to use for all."
+            )
+        return sources
+
+    def _source_representations(self, given: Any) -> Dict[str, torch.Tensor]:
+        if given is None:
+            return {}
+        if isinstance(given, torch.Tensor):
+            return {key: given for key in self.sorted_keys}
+        if isinstance(given, dict):
+            unknown = [k for k in given if k not in self.representations]
+            if unknown:
+                raise InputError(
+                    f"source_representations has unknown key {unknown[0]!r}; keys are {self.sorted_keys}."
+                )
+            return dict(given)
+        if isinstance(given, (list, tuple)):
+            if len(given) != len(self.sorted_keys):
+                raise InputError(
+                    f"source_representations lists {len(given)} tensors for {len(self.sorted_keys)} interventions."
+                )
+            return {key: value for key, value in zip(self.sorted_keys, given) if value is not None}
+        raise InputError("source_representations must be a tensor, a list, or a dict keyed by intervention key.")
+
+    def _model_kwargs(self, labels: Any, use_cache: Any) -> Dict[str, Any]:
+        kwargs: Dict[str, Any] = {}
+        if labels is not None:
+            kwargs["labels"] = labels
+        config = getattr(self.model, "config", None)
+        if use_cache is not None and config is not None and hasattr(config, "use_cache"):
+            kwargs["use_cache"] = use_cache
+        return kwargs
+
+    # -- forward ----------------------------------------------------------------
+    def forward(
+        self,
+        base: Any,
+        sources: Optional[Sequence[Any]] = None,
+        unit_locations: Any = None,
+        source_representations: Any = None,
+        subspaces: Any = None,
+        labels: Any = None,
+        output_original_output: bool = False,
+        return_dict: Optional[bool] = None,
+        use_cache: Optional[bool] = None,
+        intervention_additional_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        """Run ``base`` with the interventions; sources are run first to gather activations.
+
+        Returns ``(original_or_None, intervened)``; with collect interventions
+        ``((original_or_None, collected), intervened)``; with
+        ``return_dict=True`` an ``IntervenableModelOutput``.
+        """
+        batch = batch_size(base)
+        per_group = self._sources_per_group(sources)
+        model_kwargs = self._model_kwargs(labels, use_cache)
+        provided = self._source_representations(source_representations)
+        subspace_rows = normalise_subspaces(subspaces, len(self._slots), batch)
+        original = call_model(self.model, base, model_kwargs) if output_original_output else None
+        state = CallState()
+        with HookSet() as hooks:
+            if self.mode == "parallel":
+                self._parallel(hooks, state, per_group, unit_locations, provided, subspace_rows, batch, intervention_additional_kwargs)
+            else:
+                self._serial(hooks, state, per_group, unit_locations, provided, subspace_rows, batch, intervention_additional_kwargs)
+            intervened = call_model(self.model, base, model_kwargs)
+        collected = [state.collected[s.key] for s in self._slots if s.key in state.collected]
+        has_collect = any(s.is_collect for s in self._slots)
+        if return_dict:
+            return IntervenableModelOutput(original, intervened, collected if has_collect else None, state.latents)
+        if has_collect:
+            return (original, collected), intervened
+        return original, intervened
+
+    def _source_for(self, slot: Slot, state: CallState, provided: Dict[str, torch.Tensor], store_key: str) -> Optional[torch.Tensor]:
+        if slot.key in provided:
+            value = provided[slot.key]
+            return value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        return state.activations.get(store_key)
+
+    def _missing_source(self, slot: Slot) -> InputError:
+        return InputError(
+            f"Intervention {slot.key} ({type(slot.intervention).__name__}) needs a source, but none was given: "
+            "pass sources=[...] (one per group), source_representations={key: tensor}, or configure a "
+            "constant 'source_representation'. For base-only interventions use e.g. ZeroIntervention."
+        )
+
+    def _parallel(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra) -> None:
+        has_sources = any(s is not None for s in per_group)
+        locations: List[Locations] = normalise_parallel(unit_locations, [s.unit for s in self._slots], batch, has_sources)
+        # One source forward per distinct source input; getters of every group that reads it.
+        runs: "OrderedDict[int, Tuple[Any, List[int]]]" = OrderedDict()
+        for g, members in enumerate(self._intervention_group.values()):
+            source = per_group[g]
+            wanted = [i for i in members if self._slots[i].needs_source and self._slots[i].key not in provided]
+            if source is None or not wanted:
+                continue
+            runs.setdefault(id(source), (source, []))[1].extend(wanted)
+        for source, members in runs.values():
+            with HookSet() as source_hooks:
+                for i in members:
+                    slot = self._slots[i]
+                    units = locations[i].source if locations[i].source is not None else locations[i].base
+                    source_hooks.add(slot.site.module, slot.site.hook, getter(slot, units, state))
+                call_model(self.model, source, {})
+        for g, members in enumerate(self._intervention_group.values()):
+            for i in members:
+                slot = self._slots[i]
+                src = self._source_for(slot, state, provided, slot.key)
+                if src is None and slot.needs_source:
+                    if per_group[g] is None and has_sources:
+                        continue  # this group's source is None on purpose: skip it, as in the reference
+                    raise self._missing_source(slot)
+                hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, subspace_rows[i], extra))
+
+    def _serial(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra) -> None:
+        groups = list(self._intervention_group.values())
+        locations = normalise_serial(unit_locations, groups, [s.unit for s in self._slots], batch)
+        active = HookSet()  # setters of the latest group, active during the next source run
+        try:
+            for g, members in enumerate(groups):
+                source = per_group[g]
+                if source is None:
+                    continue  # no source for this group: skipped, as in the reference
+                with HookSet() as source_hooks:
+                    for j, i in enumerate(members):
+                        slot = self._slots[i]
+                        if slot.needs_source and slot.key not in provided:
+                            source_hooks.add(slot.site.module, slot.site.hook, getter(slot, locations[g][j].source, state))
+                    call_model(self.model, source, {})  # the previous group's setters fire here
+                active.remove()
+                for j, i in enumerate(members):
+                    slot = self._slots[i]
+                    src = self._source_for(slot, state, provided, slot.key)
+                    if src is None and slot.needs_source:
+                        raise self._missing_source(slot)
+                    active.add(slot.site.module, slot.site.hook, setter(slot, locations[g][j].base, state, src, subspace_rows[i], extra))
+            hooks.absorb(active)  # the last group's setters act on the base run
+        finally:
+            active.remove()
