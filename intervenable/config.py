@@ -120,6 +120,8 @@ def _as_representation_list(representations: Any) -> List[RepresentationConfig]:
         )
     if len(representations) == 0:
         raise ConfigError("'representations' is empty: give at least one site to intervene on.")
+    if not isinstance(representations[0], (RepresentationConfig, Mapping, list, tuple)):
+        representations = [representations]  # one positional representation, e.g. [1, "block_output"]
     return [RepresentationConfig.from_any(r).validate() for r in representations]
 
 

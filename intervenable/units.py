@@ -154,6 +154,11 @@ def _flat(values: Sequence[int], units: Sequence[str], batch: int, side: str) ->
     return out
 
 
+def _entry_depth(units: Sequence[str]) -> int:
+    """Nesting depth of one intervention's locations: [batch][units], or [2][batch][units] for h.pos."""
+    return 3 if any(u == "h.pos" for u in units) else 2
+
+
 def _pair_value(value: Any, units: Sequence[str], batch: int, base_only: bool) -> Tuple[Optional[List[Units]], List[Units]]:
     """Parse one dict value into (source units per intervention or None, base units)."""
     if base_only:
@@ -171,6 +176,9 @@ def _pair_value(value: Any, units: Sequence[str], batch: int, base_only: bool) -
         return src, base
     if isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value):
         side = _flat(value, units, batch, "sources->base")
+        return side, side
+    if isinstance(value, (list, tuple, torch.Tensor)) and _depth(value) == _entry_depth(units) + 1:
+        side = _per_intervention(value, units, batch, "sources->base")  # one nested list for both sides
         return side, side
     if isinstance(value, (list, tuple)) and len(value) == 2:
         src = None if value[0] is None else _per_intervention(value[0], units, batch, "source")

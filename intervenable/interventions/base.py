@@ -73,7 +73,9 @@ class Intervention(nn.Module):
         self.subspace_partition = expand_partition(kwargs.get("subspace_partition"))
         embed_dim = kwargs.get("embed_dim")
         self.embed_dim: Optional[int] = int(embed_dim) if embed_dim is not None else None
-        self.interchange_dim: Optional[int] = self.embed_dim
+        # None means "every dimension"; only an explicit set_interchange_dim narrows it, so a
+        # width inferred for the wrong axis (e.g. conv channels) can never truncate anything.
+        self.interchange_dim: Optional[int] = None
         self.low_rank_dimension = kwargs.get("low_rank_dimension")
         source = kwargs.get("source_representation")
         if source is not None:

@@ -1,0 +1,7 @@
+"""Test configuration: make the test helpers importable and keep transformers quiet."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
