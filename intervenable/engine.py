@@ -9,7 +9,7 @@ registers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from .interventions.base import InterventionOutput
 from .interventions.basic import CollectIntervention
 from .sites.site import Site, extract, replace
 from .units import Units, gather, resolve_units, scatter
+
+if TYPE_CHECKING:
+    from .generation import GenerationPlan
 
 
 @dataclass
@@ -54,8 +57,9 @@ class CallState:
     """State of one intervened forward call."""
 
     activations: Dict[str, torch.Tensor] = field(default_factory=dict)
-    collected: Dict[str, torch.Tensor] = field(default_factory=dict)
+    collected: Dict[str, Any] = field(default_factory=dict)
     latents: Dict[str, Any] = field(default_factory=dict)
+    per_call: bool = False  # generation: collect a list with one entry per forward call
 
 
 # -- reading and writing the hooked value --------------------------------------
@@ -168,7 +172,10 @@ def apply_intervention(
             f"shaped like its base input {tuple(base_in.shape)}."
         )
     if slot.is_collect:
-        state.collected[slot.key] = result
+        if state.per_call:
+            state.collected.setdefault(slot.key, []).append(result)
+        else:
+            state.collected[slot.key] = result
         return None
     if flatten:
         if result.shape != base_in.shape:
@@ -195,16 +202,25 @@ def setter(
     source: Optional[torch.Tensor],
     subspaces: Any,
     extra_kwargs: Optional[Dict[str, Any]],
+    plan: Optional["GenerationPlan"] = None,
 ) -> Callable[..., Any]:
-    """A hook that replaces the selected units of this site by the intervention's output."""
+    """A hook that replaces the selected units of this site by the intervention's output.
+
+    With a generation ``plan``, the units of each forward call come from the plan.
+    """
 
     def write(full: torch.Tensor, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+        call_units, src = units, source
+        if plan is not None:  # generation: this call's window of absolute positions
+            call_units = plan.units_for_call(units, full.shape[0])
+            if call_units is None:
+                return None
+            src = plan.source_for_call(source, call_units, full.shape[0])
         view = slot.site.to_view(full)
-        resolved = resolve_units(units, view, slot.head_view, slot.where())
+        resolved = resolve_units(call_units, view, slot.head_view, slot.where())
         base_units = gather(view, resolved, slot.head_view)
-        src = source
         if slot.intervention is not None and getattr(slot.intervention, "uses_module_input", False):
-            src = _module_input_units(slot, args, kwargs, units)
+            src = _module_input_units(slot, args, kwargs, call_units)
         if src is not None and isinstance(src, torch.Tensor):
             src = _match_source(slot, src, base_units)
         new_units = apply_intervention(slot, base_units, src, subspaces, extra_kwargs, state)

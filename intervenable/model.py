@@ -225,19 +225,25 @@ class IntervenableModel(ParameterMixin, nn.Module):
         ``((original_or_None, collected), intervened)``; with
         ``return_dict=True`` an ``IntervenableModelOutput``.
         """
-        batch = batch_size(base)
-        per_group = self._sources_per_group(sources)
         model_kwargs = self._model_kwargs(labels, use_cache)
-        provided = self._source_representations(source_representations)
-        subspace_rows = normalise_subspaces(subspaces, len(self._slots), batch)
         original = call_model(self.model, base, model_kwargs) if output_original_output else None
         state = CallState()
         with HookSet() as hooks:
-            if self.mode == "parallel":
-                self._parallel(hooks, state, per_group, unit_locations, provided, subspace_rows, batch, intervention_additional_kwargs)
-            else:
-                self._serial(hooks, state, per_group, unit_locations, provided, subspace_rows, batch, intervention_additional_kwargs)
+            self._install(hooks, state, base, sources, unit_locations, source_representations, subspaces,
+                          intervention_additional_kwargs)
             intervened = call_model(self.model, base, model_kwargs)
+        return self._result(original, intervened, state, return_dict)
+
+    def _install(self, hooks, state, base, sources, unit_locations, source_representations, subspaces, extra, plan=None) -> None:
+        """Run the sources (getters) and register the setters of one intervened call on ``hooks``."""
+        batch = batch_size(base)
+        per_group = self._sources_per_group(sources)
+        provided = self._source_representations(source_representations)
+        subspace_rows = normalise_subspaces(subspaces, len(self._slots), batch)
+        run = self._parallel if self.mode == "parallel" else self._serial
+        run(hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra, plan)
+
+    def _result(self, original: Any, intervened: Any, state: CallState, return_dict: Optional[bool]) -> Any:
         collected = [state.collected[s.key] for s in self._slots if s.key in state.collected]
         has_collect = any(s.is_collect for s in self._slots)
         if return_dict:
@@ -245,6 +251,85 @@ class IntervenableModel(ParameterMixin, nn.Module):
         if has_collect:
             return (original, collected), intervened
         return original, intervened
+
+    def generate(
+        self,
+        base: Any,
+        sources: Optional[Sequence[Any]] = None,
+        unit_locations: Any = None,
+        source_representations: Any = None,
+        intervene_on_prompt: bool = False,
+        subspaces: Any = None,
+        output_original_output: bool = False,
+        intervention_additional_kwargs: Optional[Dict[str, Any]] = None,
+        generation_steps: Any = "default",
+        return_dict: Optional[bool] = None,
+        **generate_kwargs: Any,
+    ) -> Any:
+        """``model.generate`` with the interventions applied; returns ``(original_or_None, generated)``.
+
+        * ``intervene_on_prompt=False`` (default): intervene on generated tokens only
+          (every one, unless ``generation_steps`` says otherwise); ``unit_locations``
+          then only select the source units.
+        * ``intervene_on_prompt=True``: intervene on the prompt positions given in
+          ``unit_locations`` (all prompt positions if None) in the prefill, and on
+          the generated tokens chosen by ``generation_steps`` (none by default,
+          as in the reference).
+        * ``generation_steps``: ``"all"``, ``None``, an int ``N`` (the first N
+          generated tokens), a list of token indices, or a callable ``j -> bool``.
+
+        Positions are positions of the (left-padded) prompt tensor; negative
+        values count from its end. Every ``generate`` keyword (sampling, beams,
+        ``max_new_tokens``, ``streamer``, ``return_dict_in_generate``, ...)
+        passes through. Collect interventions return one tensor per forward call.
+        """
+        from .generation import GenerationPlan, step_selector
+
+        if generation_steps == "default":
+            generation_steps = None if intervene_on_prompt else "all"
+        batch = batch_size(base)
+        prompt_length = self._prompt_length(base)
+        if not intervene_on_prompt:
+            unit_locations = self._generated_only_locations(unit_locations)
+        plan = GenerationPlan(prompt_length, batch, intervene_on_prompt, step_selector(generation_steps))
+        original = self._generate(base, generate_kwargs) if output_original_output else None
+        state = CallState(per_call=True)
+        with HookSet() as hooks:
+            self._install(hooks, state, base, sources, unit_locations, source_representations, subspaces,
+                          intervention_additional_kwargs, plan)
+            hooks.add(self.model, "input", plan.on_model_call, prepend=True)
+            generated = self._generate(base, generate_kwargs)
+        return self._result(original, generated, state, return_dict)
+
+    def _generate(self, base: Any, kwargs: Dict[str, Any]) -> Any:
+        if isinstance(base, dict) or hasattr(base, "keys"):
+            return self.model.generate(**base, **kwargs)
+        return self.model.generate(base, **kwargs)
+
+    @staticmethod
+    def _prompt_length(base: Any) -> int:
+        for name in ("input_ids", "inputs_embeds"):
+            value = base.get(name) if hasattr(base, "get") else None
+            if isinstance(value, torch.Tensor):
+                return int(value.shape[1])
+        if isinstance(base, torch.Tensor) and base.dim() >= 2:
+            return int(base.shape[1])
+        raise InputError("generate needs input_ids or inputs_embeds in the base input.")
+
+    @staticmethod
+    def _generated_only_locations(unit_locations: Any) -> Any:
+        """Without prompt interventions, base positions are the new tokens: only 0 (the reference's form) is accepted."""
+        if unit_locations is None or not isinstance(unit_locations, dict):
+            return unit_locations if unit_locations is None else {"sources->base": (unit_locations, None)}
+        if "base" in unit_locations:
+            value = unit_locations["base"]
+            if value not in (0, [0], [[[0]]]):
+                raise InputError(
+                    "With intervene_on_prompt=False the interventions act on each generated token, so base "
+                    "positions cannot be chosen. To intervene on prompt positions pass intervene_on_prompt=True."
+                )
+            return None
+        return unit_locations
 
     def _source_for(self, slot: Slot, state: CallState, provided: Dict[str, torch.Tensor], store_key: str) -> Optional[torch.Tensor]:
         if slot.key in provided:
@@ -259,7 +344,7 @@ class IntervenableModel(ParameterMixin, nn.Module):
             "constant 'source_representation'. For base-only interventions use e.g. ZeroIntervention."
         )
 
-    def _parallel(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra) -> None:
+    def _parallel(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra, plan=None) -> None:
         has_sources = any(s is not None for s in per_group)
         locations: List[Locations] = normalise_parallel(unit_locations, [s.unit for s in self._slots], batch, has_sources)
         # One source forward per distinct source input; getters of every group that reads it.
@@ -285,9 +370,9 @@ class IntervenableModel(ParameterMixin, nn.Module):
                     if per_group[g] is None and has_sources:
                         continue  # this group's source is None on purpose: skip it, as in the reference
                     raise self._missing_source(slot)
-                hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, subspace_rows[i], extra))
+                hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, subspace_rows[i], extra, plan))
 
-    def _serial(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra) -> None:
+    def _serial(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra, plan=None) -> None:
         groups = list(self._intervention_group.values())
         locations = normalise_serial(unit_locations, groups, [s.unit for s in self._slots], batch)
         active = HookSet()  # setters of the latest group, active during the next source run
@@ -308,7 +393,7 @@ class IntervenableModel(ParameterMixin, nn.Module):
                     src = self._source_for(slot, state, provided, slot.key)
                     if src is None and slot.needs_source:
                         raise self._missing_source(slot)
-                    active.add(slot.site.module, slot.site.hook, setter(slot, locations[g][j].base, state, src, subspace_rows[i], extra))
+                    active.add(slot.site.module, slot.site.hook, setter(slot, locations[g][j].base, state, src, subspace_rows[i], extra, plan))
             hooks.absorb(active)  # the last group's setters act on the base run
         finally:
             active.remove()
