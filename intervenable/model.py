@@ -82,6 +82,30 @@ def build_intervention(spec: Any, rep: RepresentationConfig, site: Site) -> nn.M
     )
 
 
+class InterventionDict(nn.ModuleDict):
+    """The interventions by key. Also accepts short aliases: ``"layer.6.block_output"`` or
+    ``"layer_6_comp_block_output"`` find the one key that starts with them."""
+
+    def __getitem__(self, key: str) -> nn.Module:
+        if key in self._modules:
+            return self._modules[key]
+        return self._modules[self.resolve_key(key)]
+
+    def resolve_key(self, key: str) -> str:
+        """The full key matching an exact key or a unique alias."""
+        if key in self._modules:
+            return key
+        wanted = key.replace(".", "_")
+        parts = wanted.split("_")
+        if len(parts) >= 3 and parts[0] == "layer" and parts[2] != "comp":
+            wanted = "_".join(parts[:2] + ["comp"] + parts[2:])  # layer_6_block_output -> layer_6_comp_block_output
+        matches = [k for k in self._modules if k.startswith(wanted + "_") or k.startswith(wanted + "#") or k == wanted]
+        if len(matches) == 1:
+            return matches[0]
+        detail = f"it matches {matches}" if matches else "no key matches it"
+        raise KeyError(f"No intervention {key!r}: {detail}. Keys: {list(self._modules)}.")
+
+
 class IntervenableModel(ParameterMixin, nn.Module):
     """A model wrapped with interventions; itself an ``nn.Module``.
 
@@ -98,7 +122,7 @@ class IntervenableModel(ParameterMixin, nn.Module):
         self.config: IntervenableConfig = as_config(config)
         self.model = model
         self.mode = self.config.mode
-        self.interventions = nn.ModuleDict()
+        self.interventions = InterventionDict()
         self.representations: "OrderedDict[str, RepresentationConfig]" = OrderedDict()
         self.sites: "OrderedDict[str, Site]" = OrderedDict()
         self._slots: List[Slot] = []

@@ -187,3 +187,26 @@ def test_model_is_frozen_and_in_eval_mode():
     pv.IntervenableModel({"layer": 0, "component": "block_output"}, model)
     assert not model.training
     assert all(not p.requires_grad for p in model.parameters())
+
+
+def test_intervention_keys_and_aliases():
+    pv_model = pv.IntervenableModel([
+        {"layer": 1, "component": "block_output"},
+        {"layer": 1, "component": "block_output"},
+        {"component": "transformer.h[0].mlp.output", "intervention": pv.ZeroIntervention},
+    ], MODEL)
+    assert pv_model.sorted_keys == [
+        "layer_1_comp_block_output_unit_pos_nunit_1#0",
+        "layer_1_comp_block_output_unit_pos_nunit_1#1",
+        "comp_transformer_h[0]_mlp_output_unit_pos_nunit_1#0",
+    ]
+    zero = pv_model.interventions["comp_transformer_h[0]_mlp_output_unit_pos_nunit_1#0"]
+    assert isinstance(zero, pv.ZeroIntervention)
+    assert pv_model.interventions["comp_transformer_h[0]_mlp_output"] is zero
+    assert pv_model.interventions["comp_transformer_h[0]_mlp_output"][0] is zero  # the old (module, hook) style
+    import pytest
+
+    with pytest.raises(KeyError, match="matches"):
+        pv_model.interventions["layer.1.block_output"]  # two interventions there: ambiguous
+    single = pv.IntervenableModel({"layer": 6 % 3, "component": "mlp_output"}, MODEL)
+    assert single.interventions["layer.0.mlp_output"] is single.interventions[single.sorted_keys[0]]
