@@ -19,6 +19,7 @@ from .errors import InputError, ShapeError
 from .interventions.base import InterventionOutput
 from .interventions.basic import CollectIntervention
 from .sites.site import Site, extract, replace
+from .recurrent import apply_step, store_step
 from .units import Units, gather, resolve_units, scatter
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ class Slot:
     def where(self) -> str:
         return f"{self.key} ({self.site.describe()})"
 
+    def is_step(self, full: torch.Tensor) -> bool:
+        """Unit ``t`` on a per-step (2-D) activation of an unrolled recurrent cell."""
+        return self.unit == "t" and full.dim() == 2
+
 
 @dataclass
 class CallState:
@@ -60,6 +65,11 @@ class CallState:
     collected: Dict[str, Any] = field(default_factory=dict)
     latents: Dict[str, Any] = field(default_factory=dict)
     per_call: bool = False  # generation: collect a list with one entry per forward call
+    # unit "t" on unrolled recurrent cells (see recurrent.py)
+    step_counters: Dict[str, int] = field(default_factory=dict)
+    step_buffers: Dict[str, Any] = field(default_factory=dict)
+    step_filled: Dict[str, torch.Tensor] = field(default_factory=dict)
+    step_values: Dict[str, Any] = field(default_factory=dict)
 
 
 # -- reading and writing the hooked value --------------------------------------
@@ -129,6 +139,9 @@ def getter(slot: Slot, units: Units, state: CallState, store_key: Optional[str] 
     store_key = store_key or slot.key
 
     def read(full: torch.Tensor) -> None:
+        if slot.is_step(full):
+            store_step(state, store_key, units.positions, full)
+            return
         view = slot.site.to_view(full)
         resolved = resolve_units(units, view, slot.head_view, slot.where())
         state.activations[store_key] = gather(view, resolved, slot.head_view)
@@ -153,6 +166,7 @@ def apply_intervention(
     subspaces: Any,
     extra_kwargs: Optional[Dict[str, Any]],
     state: CallState,
+    per_call: Optional[bool] = None,
 ) -> Optional[torch.Tensor]:
     """Run the intervention on gathered units; None means "leave the activation as is"."""
     intervention = slot.intervention
@@ -172,7 +186,7 @@ def apply_intervention(
             f"shaped like its base input {tuple(base_in.shape)}."
         )
     if slot.is_collect:
-        if state.per_call:
+        if state.per_call if per_call is None else per_call:
             state.collected.setdefault(slot.key, []).append(result)
         else:
             state.collected[slot.key] = result
@@ -210,6 +224,9 @@ def setter(
     """
 
     def write(full: torch.Tensor, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+        if slot.is_step(full):
+            run = lambda b, s, sub: apply_intervention(slot, b, s, sub, extra_kwargs, state, per_call=True)  # noqa: E731
+            return apply_step(slot, units.positions, state, source, subspaces, full, run)
         call_units, src = units, source
         if plan is not None:  # generation: this call's window of absolute positions
             call_units = plan.units_for_call(units, full.shape[0])
