@@ -1,0 +1,66 @@
+"""Split work across ``torch.distributed`` ranks and gather the results on rank 0.
+
+We do not run our own cluster system: launch with ``torchrun`` (one or many
+nodes) or ``accelerate launch``, initialise the process group as usual, and
+call these helpers. Without an initialised process group they run everything
+in the current process, so the same script works alone.
+
+* ``shard(items)``: this rank's share of a list (contiguous blocks, in order).
+* ``distributed_map(fn, items)``: ``fn`` on this rank's share; the full list of
+  results, in the original order, on rank 0 (or on every rank with
+  ``all_ranks=True``).
+* Training: wrap an ``IntervenableModel`` in ``DistributedDataParallel``; its
+  ``parameters()`` are the trainable ones only (interventions, plus the model
+  if unfrozen), so DDP averages exactly those gradients.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+
+import torch.distributed as dist
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def rank_and_world() -> Tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_bounds(n: int, rank: int, world: int) -> Tuple[int, int]:
+    """``[start, end)`` of rank ``rank``'s contiguous share of ``n`` items (sizes differ by at most one)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def shard(items: Sequence[T], rank: Optional[int] = None, world: Optional[int] = None) -> List[T]:
+    """This rank's contiguous share of ``items``."""
+    if rank is None or world is None:
+        rank, world = rank_and_world()
+    start, end = shard_bounds(len(items), rank, world)
+    return list(items[start:end])
+
+
+def gather(local: List[Any], all_ranks: bool = False) -> Optional[List[Any]]:
+    """Concatenate every rank's list, in rank order, on rank 0 (or everywhere with ``all_ranks``)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return list(local)
+    if all_ranks:
+        parts: List[Any] = [None] * world
+        dist.all_gather_object(parts, local)
+    else:
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object(local, parts, dst=0)
+        if rank != 0:
+            return None
+    return [item for part in parts for item in part]
+
+
+def distributed_map(fn: Callable[[T], R], items: Sequence[T], all_ranks: bool = False) -> Optional[List[R]]:
+    """``[fn(x) for x in items]`` computed across ranks; the full list on rank 0 (None elsewhere)."""
+    return gather([fn(x) for x in shard(items)], all_ranks=all_ranks)

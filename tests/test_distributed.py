@@ -1,0 +1,99 @@
+"""Two gloo processes: a sharded map equals the single-process one, and DDP training of an
+intervention equals single-process training on the concatenated batch."""
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import intervenable as pv
+from intervenable.distributed import distributed_map, shard, shard_bounds
+
+
+class Shift(pv.SourcelessIntervention, pv.TrainableIntervention):
+    """base + w: a trainable steering vector."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.w = nn.Parameter(torch.zeros(self.embed_dim))
+
+    def forward(self, base, source=None, subspaces=None):
+        return base + self.w
+
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).eval()
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def train(pv_model, x, y, steps=5):
+    opt = torch.optim.SGD(pv_model.get_trainable_parameters(), lr=0.5)
+    for _ in range(steps):
+        opt.zero_grad()
+        _, out = pv_model(x)
+        nn.functional.cross_entropy(out, y).backward()
+        opt.step()
+
+
+def wrap(model):
+    return pv.IntervenableModel({"component": "0.output", "intervention_type": Shift}, model)
+
+
+def _worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        # 1. a sharded map, gathered on rank 0
+        squares = distributed_map(lambda i: i * i, list(range(11)))
+        # 2. DDP training on this rank's half of the batch
+        x, y = data()
+        start, end = shard_bounds(len(x), rank, world)
+        pv_model = wrap(make_model())
+        ddp = nn.parallel.DistributedDataParallel(pv_model)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
+        for _ in range(5):
+            opt.zero_grad()
+            _, out = ddp(x[start:end])
+            nn.functional.cross_entropy(out, y[start:end]).backward()
+            opt.step()
+        if rank == 0:
+            torch.save({"squares": squares, "w": pv_model.interventions[pv_model.sorted_keys[0]].w.detach()},
+                       os.path.join(out_dir, "rank0.pt"))
+        else:
+            assert squares is None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_map_and_ddp_training_match_single_process():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        result = torch.load(os.path.join(tmp, "rank0.pt"))
+    assert result["squares"] == [i * i for i in range(11)]
+    single = wrap(make_model())
+    x, y = data()
+    train(single, x, y)
+    assert torch.allclose(result["w"], single.interventions[single.sorted_keys[0]].w.detach(), atol=1e-6)
+    assert result["w"].abs().sum() > 0
+
+
+def test_shard_without_process_group_is_everything():
+    assert shard(list(range(5))) == list(range(5))
+    assert [shard(list(range(5)), r, 2) for r in range(2)] == [[0, 1, 2], [3, 4]]
+    assert distributed_map(str, [1, 2]) == ["1", "2"]
+
+
+@pytest.mark.parametrize("n,world", [(10, 3), (2, 4), (0, 2)])
+def test_shard_bounds_cover_everything_once(n, world):
+    covered = []
+    for r in range(world):
+        start, end = shard_bounds(n, r, world)
+        covered += list(range(start, end))
+    assert covered == list(range(n))
