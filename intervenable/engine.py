@@ -106,11 +106,7 @@ def write_input(site: Site, args: tuple, kwargs: dict, new: torch.Tensor) -> Tup
 
 def _module_input_units(slot: Slot, args: tuple, kwargs: dict, units: Units) -> torch.Tensor:
     """The module's own input at the same units (for skip interventions)."""
-    value = read_input(slot.site, args, kwargs)
-    if slot.site.slice is not None or slot.site.n_heads is not None:
-        view = slot.site.to_view(value)
-    else:
-        view = value
+    view = slot.site.to_view(read_input(slot.site, args, kwargs))
     return gather(view, resolve_units(units, view, slot.head_view, slot.where()), slot.head_view)
 
 
@@ -236,9 +232,10 @@ def setter(
         view = slot.site.to_view(full)
         resolved = resolve_units(call_units, view, slot.head_view, slot.where())
         base_units = gather(view, resolved, slot.head_view)
-        if slot.intervention is not None and getattr(slot.intervention, "uses_module_input", False):
-            src = _module_input_units(slot, args, kwargs, call_units)
-        if src is not None and isinstance(src, torch.Tensor):
+        if getattr(slot.intervention, "uses_module_input", False):
+            # the module's own input (skip, LoRA): its width may differ from the output's
+            src = _module_input_units(slot, args, kwargs, call_units).to(base_units.device)
+        elif isinstance(src, torch.Tensor):
             src = _match_source(slot, src, base_units)
         new_units = apply_intervention(slot, base_units, src, subspaces, extra_kwargs, state)
         if new_units is None:

@@ -394,7 +394,7 @@ class IntervenableModel(ParameterMixin, nn.Module):
                     if per_group[g] is None and has_sources:
                         continue  # this group's source is None on purpose: skip it, as in the reference
                     raise self._missing_source(slot)
-                hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, subspace_rows[i], extra, plan))
+                hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, subspace_rows[i], extra, plan), first=True)
 
     def _serial(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra, plan=None) -> None:
         groups = list(self._intervention_group.values())
@@ -417,7 +417,7 @@ class IntervenableModel(ParameterMixin, nn.Module):
                     src = self._source_for(slot, state, provided, slot.key)
                     if src is None and slot.needs_source:
                         raise self._missing_source(slot)
-                    active.add(slot.site.module, slot.site.hook, setter(slot, locations[g][j].base, state, src, subspace_rows[i], extra, plan))
+                    active.add(slot.site.module, slot.site.hook, setter(slot, locations[g][j].base, state, src, subspace_rows[i], extra, plan), first=True)
             hooks.absorb(active)  # the last group's setters act on the base run
         finally:
             active.remove()

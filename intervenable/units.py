@@ -279,6 +279,13 @@ def resolve_units(units: Units, view: torch.Tensor, head_view: bool, where: str)
     """Bounds-check and move indices to the view's device (negative indices count from the end)."""
     pos_dim = 2 if head_view else 1
     positions, heads = units.positions, units.heads
+    for index in (positions, heads):
+        if index is not None and index.shape[0] != view.shape[0]:
+            raise LocationError(
+                f"{where} has {view.shape[0]} rows but the locations give {index.shape[0]}: this module sees "
+                "tokens flattened across the batch (e.g. an MoE expert or OPT's MLP), so positions cannot be "
+                "chosen there. Use unit_locations=None, or a component before the flattening."
+            )
     if positions is not None:
         if view.dim() <= pos_dim:
             raise LocationError(f"{where} has no position dimension (shape {tuple(view.shape)}); use unit_locations=None.")

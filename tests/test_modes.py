@@ -210,3 +210,18 @@ def test_intervention_keys_and_aliases():
         pv_model.interventions["layer.1.block_output"]  # two interventions there: ambiguous
     single = pv.IntervenableModel({"layer": 6 % 3, "component": "mlp_output"}, MODEL)
     assert single.interventions["layer.0.mlp_output"] is single.interventions[single.sorted_keys[0]]
+
+
+def test_output_hidden_states_and_user_hooks_see_the_intervened_value():
+    vector = torch.randn(MODEL.config.n_embd)
+    pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention": pv.AdditionIntervention,
+                                     "source_representation": vector}, MODEL)
+    seen = []
+    handle = MODEL.transformer.h[0].register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()))
+    try:
+        _, out = pv_model({"input_ids": BASE, "output_hidden_states": True})
+    finally:
+        handle.remove()
+    expected = cache(MODEL, BASE)[("block_output", 0)] + vector
+    assert torch.allclose(out.hidden_states[1], expected, atol=1e-5)
+    assert torch.allclose(seen[0], expected, atol=1e-5)
