@@ -35,6 +35,20 @@ from .interventions import (
     registered_interventions,
 )
 from .model import IntervenableModel, IntervenableModelOutput
+from .models import (
+    GRUConfig,
+    MLPConfig,
+    create_gpt2,
+    create_gpt2_lm,
+    create_gpt_neo,
+    create_gpt_neox,
+    create_gru,
+    create_gru_classifier,
+    create_gru_lm,
+    create_llama,
+    create_mlp_classifier,
+)
+from .sites.archs.mixtral import split_experts
 from .sites import (
     Architecture,
     Component,

@@ -25,6 +25,11 @@ class Component:
     ``width``: the activation's width from the model config.
     ``heads``: head count for head views; ``slice``: ``(start, end)`` of the last
     dimension for fused projections; ``output_index``: element of a tuple output.
+    ``groups``: for fused projections laid out per group (GPT-NeoX, Falcon), the
+    last dimension is ``groups`` equal chunks and ``slice`` is taken inside each.
+    ``num_layers``: layer count of this component's stack when it differs from
+    the family's (encoder / decoder, text / vision). ``hint``: appended to the
+    error when the module is missing (e.g. a conversion step the user must run).
     """
 
     module: str
@@ -35,6 +40,9 @@ class Component:
     output_index: int = 0
     writable: bool = True
     head_layout: str = "split"
+    groups: Optional[ConfigFn] = None
+    num_layers: Optional[ConfigFn] = None
+    hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,18 @@ def attr(*names: str, default: Any = None) -> ConfigFn:
         if default is not None:
             return default(config) if callable(default) else default
         raise AttributeError(f"config has none of {names}")
+
+    return read
+
+
+def sub(name: str, fn: ConfigFn) -> ConfigFn:
+    """A config reader applied to a sub-config (``text_config``, ``vision_config``)."""
+
+    def read(config: Any) -> Any:
+        inner = getattr(config, name, None)
+        if inner is None:
+            raise AttributeError(f"config has no {name!r}")
+        return fn(inner)
 
     return read
 

@@ -5,15 +5,24 @@ and placed at ``layer``; anything else is read as a raw module path.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 from torch import nn
 
-from ..errors import ComponentError, ConfigError, closest
+from ..errors import ComponentError, ConfigError, ShapeError, closest
 from . import archs  # noqa: F401  (registers the families)
 from .paths import get_module, infer_width, parse_module_path
 from .registry import Architecture, Component, find_architecture
 from .site import Site
+
+
+def replace_site(site: Site, **changes: Any) -> Site:
+    """A plain ``Site`` with the fields of ``site`` (minus subclass fields), updated by ``changes``."""
+    fields = {k: getattr(site, k) for k in Site.__dataclass_fields__}
+    fields.update({k: v for k, v in changes.items() if k in fields})
+    return Site(**fields)
 
 ABSTRACT_COMPONENTS = (
     "block_input",
@@ -49,16 +58,53 @@ def base_prefix(model: nn.Module, arch: Architecture) -> str:
     return ""
 
 
-def _layer_count(model: nn.Module, arch: Architecture) -> Optional[int]:
+def _layer_count(model: nn.Module, arch: Architecture, comp: Optional[Component] = None) -> Optional[int]:
+    counter = comp.num_layers if comp is not None and comp.num_layers is not None else arch.num_layers
     try:
-        return int(arch.num_layers(model.config))
+        return int(counter(model.config))
     except (AttributeError, TypeError):
         return None
 
 
+@dataclass(frozen=True)
+class GroupedSliceSite(Site):
+    """A site on a fused projection laid out per group: ``[..., groups * chunk]``.
+
+    The view keeps dims ``group_slice[0]:group_slice[1]`` of every chunk and
+    concatenates them (GPT-NeoX's per-head ``[q k v]``, Falcon's per-KV-group
+    ``[q.. k v]``); then the usual head split applies.
+    """
+
+    groups: int = 1
+    group_slice: Tuple[int, int] = (0, 0)
+
+    def describe(self) -> str:
+        a, b = self.group_slice
+        heads = f", {self.n_heads} heads" if self.n_heads is not None else ""
+        idx = f"[{self.output_index}]" if self.output_index else ""
+        return f"{self.module_path}.{self.hook}{idx} [dims {a}:{b} of each of {self.groups} groups{heads}]"
+
+    def _grouped(self, full: torch.Tensor) -> torch.Tensor:
+        if full.shape[-1] % self.groups:
+            raise ShapeError(f"Site {self.describe()}: width {full.shape[-1]} is not divisible by {self.groups} groups.")
+        return full.reshape(*full.shape[:-1], self.groups, full.shape[-1] // self.groups)
+
+    def to_view(self, full: torch.Tensor) -> torch.Tensor:
+        a, b = self.group_slice
+        x = self._grouped(full)[..., a:b].reshape(*full.shape[:-1], -1)
+        return replace_site(self, slice=None, groups=1).to_view(x) if self.n_heads is not None else x
+
+    def from_view(self, full: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        a, b = self.group_slice
+        flat = replace_site(self, slice=None, groups=1).from_view(full, view) if self.n_heads is not None else view
+        out = self._grouped(full).clone()
+        out[..., a:b] = flat.reshape(*full.shape[:-1], self.groups, b - a).to(full.dtype)
+        return out.reshape(full.shape)
+
+
 def _abstract_site(model: nn.Module, arch: Architecture, name: str, comp: Component, layer: Any, moe_key: Any) -> Site:
     config = getattr(model, "config", None)
-    n_layers = _layer_count(model, arch)
+    n_layers = _layer_count(model, arch, comp)
     if "{layer}" in comp.module:
         if layer is None or isinstance(layer, bool) or not isinstance(layer, int):
             raise ConfigError(f"Component {name!r} needs an int 'layer'; got {layer!r}.")
@@ -76,12 +122,20 @@ def _abstract_site(model: nn.Module, arch: Architecture, name: str, comp: Compon
     if module is None:
         raise ComponentError(
             f"Component {name!r} of the {arch.name} table maps to module {path!r}, which "
-            f"{type(model).__name__} does not have. Use a raw module path instead "
-            f"(pv.list_components(model) lists the modules)."
+            f"{type(model).__name__} does not have. "
+            + (f"{comp.hint} " if comp.hint else "")
+            + "Or use a raw module path instead (pv.list_components(model) lists the modules)."
         )
     width = comp.width(config) if comp.width is not None and config is not None else None
     n_heads = comp.heads(config) if comp.heads is not None and config is not None else None
     span = tuple(comp.slice(config)) if comp.slice is not None else None
+    groups = int(comp.groups(config)) if comp.groups is not None and config is not None else 1
+    if groups > 1 and span is not None:
+        return GroupedSliceSite(
+            module=module, module_path=path, hook=comp.hook, component=name, layer=layer, width=width,
+            n_heads=n_heads, slice=None, output_index=comp.output_index, writable=comp.writable,
+            head_layout=comp.head_layout, groups=groups, group_slice=(int(span[0]), int(span[1])),
+        )
     return Site(
         module=module,
         module_path=path,

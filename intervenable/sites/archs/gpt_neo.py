@@ -1,0 +1,78 @@
+"""GPT-NeoX / Pythia (per-head fused ``query_key_value``), GPT-Neo and GPT-J (separate q/k/v)."""
+from __future__ import annotations
+
+from ..registry import Architecture, attr, inp, out, register_architecture
+from ._common import attention_components, block_components, fused_qkv_components, hidden_size, n_heads
+
+_L = "layers.{layer}"
+_neox = block_components(_L, hidden_size)
+_neox.update(
+    {
+        "mlp_activation": out(_L + ".mlp.act", attr("intermediate_size")),
+        "mlp_output": out(_L + ".mlp", hidden_size),
+        "mlp_input": inp(_L + ".mlp", hidden_size),
+    }
+)
+# query_key_value's output is laid out per head: [h0: q k v | h1: q k v | ...].
+_neox.update(fused_qkv_components(_L + ".attention", _L + ".attention.query_key_value", _L + ".attention.dense", groups=n_heads))
+
+GPT_NEOX = register_architecture(
+    Architecture(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        num_layers=attr("num_hidden_layers"),
+        components=_neox,
+        description="GPT-NeoX / Pythia: fused query_key_value laid out per head, split by grouped slices.",
+    )
+)
+
+_H = "h.{layer}"
+_neo_heads = attr("num_heads", "num_attention_heads")
+_neo = block_components(_H, hidden_size)
+_neo.update(
+    {
+        "mlp_activation": out(_H + ".mlp.act", attr("intermediate_size", default=lambda c: 4 * hidden_size(c))),
+        "mlp_output": out(_H + ".mlp", hidden_size),
+        "mlp_input": inp(_H + ".mlp", hidden_size),
+    }
+)
+_SA = _H + ".attn.attention"
+_neo.update(
+    attention_components(_H + ".attn", _SA + ".q_proj", _SA + ".k_proj", _SA + ".v_proj", _SA + ".out_proj",
+                         heads=_neo_heads, kv_heads=_neo_heads, hd=lambda c: hidden_size(c) // _neo_heads(c))
+)
+
+GPT_NEO = register_architecture(
+    Architecture(
+        name="gpt_neo",
+        model_types=("gpt_neo",),
+        num_layers=attr("num_layers", "num_hidden_layers"),
+        components=_neo,
+        description="GPT-Neo: global/local attention layers, separate q/k/v under attn.attention.",
+    )
+)
+
+_gptj_heads = attr("n_head", "num_attention_heads")
+_gptj = block_components(_H, hidden_size)
+_gptj.update(
+    {
+        "mlp_activation": out(_H + ".mlp.act", attr("n_inner", default=lambda c: 4 * hidden_size(c))),
+        "mlp_output": out(_H + ".mlp", hidden_size),
+        "mlp_input": inp(_H + ".mlp", hidden_size),
+    }
+)
+_GA = _H + ".attn"
+_gptj.update(
+    attention_components(_GA, _GA + ".q_proj", _GA + ".k_proj", _GA + ".v_proj", _GA + ".out_proj",
+                         heads=_gptj_heads, kv_heads=_gptj_heads, hd=lambda c: hidden_size(c) // _gptj_heads(c))
+)
+
+GPTJ = register_architecture(
+    Architecture(
+        name="gptj",
+        model_types=("gptj",),
+        num_layers=attr("n_layer", "num_hidden_layers"),
+        components=_gptj,
+        description="GPT-J: parallel attention and MLP, separate q/k/v projections.",
+    )
+)

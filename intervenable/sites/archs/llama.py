@@ -1,0 +1,57 @@
+"""LLaMA-style decoders: LLaMA, Mistral, Qwen2, Qwen3, Gemma, Gemma2, OLMo, OLMo2.
+
+All share ``model.layers[i]`` with ``self_attn.{q,k,v,o}_proj`` and
+``mlp.{gate,up,down}_proj`` + ``mlp.act_fn``. Keys and values use
+``num_key_value_heads * head_dim`` (grouped-query attention); ``head_dim`` is
+read from the config when it is set explicitly (Gemma, Qwen3).
+``mlp_activation`` is ``act_fn(gate_proj(x))`` (before the product with
+``up_proj``), as in the reference library.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from ..registry import Architecture, Component, ConfigFn, attr, inp, out, register_architecture
+from ._common import attention_components, block_components, hidden_size, on
+
+intermediate = attr("intermediate_size")
+num_layers = attr("num_hidden_layers")
+
+
+def llama_components(root: str = "layers.{layer}", cfg: Optional[ConfigFn] = None, **extra: Any) -> Dict[str, Component]:
+    """The LLaMA table with layers at ``root`` (``cfg``: read widths from a sub-config)."""
+    hid, inner = on(hidden_size, cfg), on(intermediate, cfg)
+    a = root + ".self_attn"
+    table = block_components(root, hid, **extra)
+    table.update(
+        {
+            "mlp_activation": out(root + ".mlp.act_fn", inner, **extra),
+            "mlp_output": out(root + ".mlp", hid, **extra),
+            "mlp_input": inp(root + ".mlp", hid, **extra),
+        }
+    )
+    table.update(attention_components(a, a + ".q_proj", a + ".k_proj", a + ".v_proj", a + ".o_proj", cfg=cfg, **extra))
+    return table
+
+
+_FAMILIES = {
+    "llama": ("LLaMA", ("llama",)),
+    "mistral": ("Mistral", ("mistral",)),
+    "qwen2": ("Qwen2", ("qwen2",)),
+    "qwen3": ("Qwen3 (q_norm/k_norm act after query_output/key_output)", ("qwen3",)),
+    "gemma": ("Gemma (explicit head_dim)", ("gemma",)),
+    "gemma2": ("Gemma2 (explicit head_dim; attention_weight after soft-capping)", ("gemma2",)),
+    "olmo": ("OLMo", ("olmo",)),
+    "olmo2": ("OLMo2 (q_norm/k_norm act after query_output/key_output)", ("olmo2",)),
+}
+
+for _name, (_desc, _types) in _FAMILIES.items():
+    register_architecture(
+        Architecture(
+            name=_name,
+            model_types=_types,
+            num_layers=num_layers,
+            components=llama_components(),
+            description=_desc,
+        )
+    )

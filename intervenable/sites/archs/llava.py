@@ -1,0 +1,48 @@
+"""LLaVA: a LLaMA-style language model plus a CLIP vision tower.
+
+Plain names are the language model ``model.language_model.layers[i]`` (widths
+from ``text_config``); ``vision_*`` names are the vision tower's encoder
+``model.vision_tower.encoder.layers[i]`` (CLIP layout: separate
+``q/k/v/out_proj``, ``mlp.fc1`` / ``activation_fn`` / ``fc2``; widths from
+``vision_config``).
+"""
+from __future__ import annotations
+
+from ..registry import Architecture, attr, inp, out, register_architecture, sub
+from ._common import attention_components, block_components, hidden_size, on, prefixed
+from .llama import llama_components
+
+text = lambda c: c.text_config  # noqa: E731
+vision = lambda c: c.vision_config  # noqa: E731
+vision_layers = sub("vision_config", attr("num_hidden_layers"))
+
+
+def clip_components(root: str, cfg, **extra):
+    """CLIP-style encoder layer table (paths relative to the base model)."""
+    hid = on(hidden_size, cfg)
+    table = block_components(root, hid, **extra)
+    table.update(
+        {
+            "mlp_activation": out(root + ".mlp.activation_fn", on(attr("intermediate_size"), cfg), **extra),
+            "mlp_output": out(root + ".mlp", hid, **extra),
+            "mlp_input": inp(root + ".mlp", hid, **extra),
+        }
+    )
+    a = root + ".self_attn"
+    table.update(attention_components(a, a + ".q_proj", a + ".k_proj", a + ".v_proj", a + ".out_proj", cfg=cfg, **extra))
+    return table
+
+
+_components = llama_components("language_model.layers.{layer}", cfg=text)
+_components.update(prefixed("vision_", clip_components("vision_tower.encoder.layers.{layer}", vision, num_layers=vision_layers)))
+
+LLAVA = register_architecture(
+    Architecture(
+        name="llava",
+        model_types=("llava",),
+        num_layers=sub("text_config", attr("num_hidden_layers")),
+        components=_components,
+        base_paths=("model", ""),
+        description="LLaVA: language model (plain names) and CLIP vision tower (vision_*).",
+    )
+)
