@@ -12,8 +12,21 @@ from .errors import (
     ShapeError,
 )
 from .hooks import HookSet
+from .causal_model import CausalModel, hierarchical_equality_model
 from .interventions import (
     AdditionIntervention,
+    AutoencoderIntervention,
+    BoundlessRotatedSpaceIntervention,
+    JumpReLUAutoencoderIntervention,
+    LoraIntervention,
+    LoRAIntervention,
+    LoreftIntervention,
+    LowRankRotatedSpaceIntervention,
+    NoreftIntervention,
+    PCARotatedSpaceIntervention,
+    RotatedSpaceIntervention,
+    SigmoidMaskIntervention,
+    SigmoidMaskRotatedSpaceIntervention,
     BasisAgnosticIntervention,
     CollectIntervention,
     ConstantSourceIntervention,
@@ -34,6 +47,7 @@ from .interventions import (
     register_intervention,
     registered_interventions,
 )
+from .io import SerializationError
 from .model import IntervenableModel, IntervenableModelOutput
 from .models import (
     GRUConfig,
@@ -57,5 +71,6 @@ from .sites import (
     register_architecture,
     resolve_component,
 )
+from .training import eval_alignment, train_alignment
 
 __version__ = "0.1.0"

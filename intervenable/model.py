@@ -15,6 +15,7 @@ from .hooks import HookSet
 from .inputs import batch_size, call_model
 from .interventions.base import Intervention, get_intervention_class
 from .interventions.basic import LambdaIntervention, VanillaIntervention
+from .io import SerializationMixin
 from .model_params import ParameterMixin
 from .sites.resolve import resolve_component
 from .sites.site import Site
@@ -106,7 +107,7 @@ class InterventionDict(nn.ModuleDict):
         raise KeyError(f"No intervention {key!r}: {detail}. Keys: {list(self._modules)}.")
 
 
-class IntervenableModel(ParameterMixin, nn.Module):
+class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
     """A model wrapped with interventions; itself an ``nn.Module``.
 
     ``IntervenableModel(config, model)`` where ``config`` is an
@@ -151,6 +152,20 @@ class IntervenableModel(ParameterMixin, nn.Module):
         self.sorted_keys: List[str] = [s.key for s in self._slots]
         self._intervention_group = self._build_groups()
         self.disable_model_gradients()
+
+    # -- training (see training.py) ---------------------------------------------
+    def train_alignment(self, train_dataloader: Any, compute_loss: Any, compute_metrics: Any = None,
+                        inputs_collator: Any = None, **kwargs: Any) -> Any:
+        """Interchange intervention training, as the reference's ``train_alignment``."""
+        from .training import train_alignment
+
+        return train_alignment(self, train_dataloader, compute_loss, compute_metrics, inputs_collator, **kwargs)
+
+    def eval_alignment(self, eval_dataloader: Any, compute_metrics: Any, inputs_collator: Any = None, **kwargs: Any) -> Any:
+        """Evaluate interchange interventions, as the reference's ``eval_alignment``."""
+        from .training import eval_alignment
+
+        return eval_alignment(self, eval_dataloader, compute_metrics, inputs_collator, **kwargs)
 
     # -- construction helpers ---------------------------------------------------
     @staticmethod

@@ -24,3 +24,13 @@ from .basic import (
     VanillaIntervention,
     ZeroIntervention,
 )
+from .rotations import (
+    BoundlessRotatedSpaceIntervention,
+    LowRankRotatedSpaceIntervention,
+    PCARotatedSpaceIntervention,
+    RotatedSpaceIntervention,
+    SigmoidMaskIntervention,
+    SigmoidMaskRotatedSpaceIntervention,
+)
+from .autoencoders import AutoencoderIntervention, JumpReLUAutoencoderIntervention
+from .adapters import LoraIntervention, LoRAIntervention, LoreftIntervention, NoreftIntervention

@@ -24,7 +24,10 @@ from typing import Any, Dict, List, Optional, Sequence, Type
 import torch
 from torch import nn
 
+from ..config import REPRESENTATION_FIELDS
 from ..errors import ConfigError, ShapeError, closest
+
+_DERIVED_KWARGS = frozenset(REPRESENTATION_FIELDS) | {"embed_dim", "use_fast"}
 
 
 @dataclass
@@ -66,6 +69,10 @@ class Intervention(nn.Module):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
+        # Constructor arguments, kept so that a saved intervention is rebuilt with the same
+        # settings (io keeps the JSON-able ones; tensors are saved as tensors).
+        # The representation's fields and the width are derived from the model when rebuilt.
+        self.init_kwargs = {k: v for k, v in kwargs.items() if k not in _DERIVED_KWARGS}
         self.trainable = False
         self.is_source_constant = False
         self.keep_last_dim = bool(kwargs.get("keep_last_dim", False))
