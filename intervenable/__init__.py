@@ -71,6 +71,7 @@ from .sites import (
     register_architecture,
     resolve_component,
 )
+from .sweeps import SweepResult, causal_trace, patching_sweep
 from .training import eval_alignment, train_alignment
 
 __version__ = "0.1.0"
