@@ -64,3 +64,43 @@ def gather(local: List[Any], all_ranks: bool = False) -> Optional[List[Any]]:
 def distributed_map(fn: Callable[[T], R], items: Sequence[T], all_ranks: bool = False) -> Optional[List[R]]:
     """``[fn(x) for x in items]`` computed across ranks; the full list on rank 0 (None elsewhere)."""
     return gather([fn(x) for x in shard(items)], all_ranks=all_ranks)
+
+
+def distributed_sweep(sweep: Callable[..., Any], *args: Any, layers: Optional[Sequence[int]] = None,
+                      n_layers: Optional[int] = None, all_ranks: bool = False, **kwargs: Any) -> Any:
+    """Run a layer sweep (``causal_trace`` / ``patching_sweep``) with its layers split across ranks.
+
+    Each rank computes its contiguous share of ``layers`` (default: all
+    ``n_layers`` layers, read from the model's config when not given); rank 0
+    gets one ``SweepResult`` with every layer, equal to the single-process
+    sweep (None on other ranks unless ``all_ranks``). Seeded corruption noise
+    is the same on every rank, so the shares fit together.
+    """
+    if layers is None:
+        if n_layers is None:
+            config = getattr(args[0], "config", None) if args else None
+            n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+        if n_layers is None:
+            raise ValueError("distributed_sweep needs layers=[...] or n_layers= for this model.")
+        layers = list(range(int(n_layers)))
+    mine = shard(list(layers))
+    local = sweep(*args, layers=mine, **kwargs) if mine else None
+    parts = gather([local], all_ranks=all_ranks)
+    if parts is None:
+        return None
+    return merge_layer_shards([p for p in parts if p is not None])
+
+
+def merge_layer_shards(results: List[Any]) -> Any:
+    """Concatenate ``SweepResult`` shards (in layer order) along their layer axis."""
+    import dataclasses
+
+    import torch
+
+    first = results[0]
+    values = torch.cat([r.values for r in results], dim=1)
+    layers = [layer for r in results for layer in r.layers]
+    info = dict(first.info)
+    info["ranks"] = len(results)
+    info["seconds_per_rank"] = [r.info.get("seconds") for r in results]
+    return dataclasses.replace(first, values=values, layers=layers, info=info)

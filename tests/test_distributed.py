@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import intervenable as pv
-from intervenable.distributed import distributed_map, shard, shard_bounds
+from intervenable.distributed import distributed_map, distributed_sweep, shard, shard_bounds
 
 
 class Shift(pv.SourcelessIntervention, pv.TrainableIntervention):
@@ -97,3 +97,40 @@ def test_shard_bounds_cover_everything_once(n, world):
         start, end = shard_bounds(n, r, world)
         covered += list(range(start, end))
     assert covered == list(range(n))
+
+
+def trace_inputs():
+    from gpt2_manual import tiny_gpt2
+
+    model = tiny_gpt2(n_layer=3)
+    clean = torch.tensor([[3, 14, 15, 9, 26, 5]])
+    corrupted = torch.tensor([[3, 40, 41, 9, 26, 5]])
+    return model, clean, corrupted
+
+
+def _sweep_worker(rank, world, init_file, out_dir):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, clean, corrupted = trace_inputs()
+        result = distributed_sweep(pv.causal_trace, model, clean, corrupted, 7, components=["block_output", "mlp_output"],
+                                   progress=False)
+        if rank == 0:
+            torch.save({"values": result.values, "layers": result.layers}, os.path.join(out_dir, "sweep.pt"))
+        else:
+            assert result is None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_sweep_equals_single_process_sweep():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_sweep_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        got = torch.load(os.path.join(tmp, "sweep.pt"))
+    model, clean, corrupted = trace_inputs()
+    single = pv.causal_trace(model, clean, corrupted, 7, components=["block_output", "mlp_output"], progress=False)
+    assert got["layers"] == single.layers == [0, 1, 2]
+    assert torch.allclose(got["values"], single.values, atol=1e-6)
