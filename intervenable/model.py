@@ -83,6 +83,19 @@ def build_intervention(spec: Any, rep: RepresentationConfig, site: Site) -> nn.M
     )
 
 
+def _place_on_site_device(intervention: nn.Module, site: Site) -> None:
+    """Move an intervention to the device its site computes on (sharded models), if that is known."""
+    for tensor in list(site.module.parameters()) + list(site.module.buffers()):
+        if tensor.device.type != "meta":
+            device = tensor.device
+            break
+    else:
+        return  # no weights, or offloaded to disk: leave the intervention where it is
+    current = next(iter(list(intervention.parameters()) + list(intervention.buffers())), None)
+    if current is not None and current.device != device:
+        intervention.to(device)
+
+
 class InterventionDict(nn.ModuleDict):
     """The interventions by key. Also accepts short aliases: ``"layer.6.block_output"`` or
     ``"layer_6_comp_block_output"`` find the one key that starts with them."""
@@ -139,6 +152,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                 intervention = build_intervention(self.config.intervention_spec(i), rep, site)
                 if rep.intervention_link_key is not None:
                     links[rep.intervention_link_key] = intervention
+            _place_on_site_device(intervention, site)
             slot = Slot(key, i, site, rep.unit, intervention, rep)
             if not site.writable and not slot.is_collect:
                 raise ConfigError(

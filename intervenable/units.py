@@ -318,10 +318,10 @@ def gather(view: torch.Tensor, units: Units, head_view: bool) -> torch.Tensor:
 
 def scatter(view: torch.Tensor, units: Units, head_view: bool, new: torch.Tensor) -> torch.Tensor:
     """A copy of ``view`` with the selected units replaced by ``new`` (shape as ``gather``)."""
+    new = new.to(device=view.device, dtype=view.dtype)
     if units.is_all:
-        return new.to(view.dtype).expand_as(view) if new.shape != view.shape else new.to(view.dtype)
+        return new.expand_as(view) if new.shape != view.shape else new
     out = view.clone()
-    new = new.to(view.dtype)
     if head_view:
         heads = units.heads if units.heads is not None else torch.arange(view.shape[1], device=view.device).expand(view.shape[0], -1)
         pos = units.positions if units.positions is not None else torch.arange(view.shape[2], device=view.device).expand(view.shape[0], -1)
