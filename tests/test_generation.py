@@ -55,6 +55,18 @@ def hooked_generate(model, module, edit, inputs, **kwargs):
         h2.remove()
 
 
+def add_on_generated(v):
+    """A hooked_generate edit adding ``v`` at every generated position (absolute position >= P)."""
+
+    def edit(out, start):
+        for i in range(out.shape[1]):
+            if start + i >= P:
+                out[:, i] += v
+        return out
+
+    return edit
+
+
 def kwargs_for(use_cache, **extra):
     return dict(max_new_tokens=MAX_NEW, do_sample=False, use_cache=use_cache, pad_token_id=0, **extra)
 
@@ -163,11 +175,7 @@ def test_seeded_sampling(name):
     model, comp, module = MODELS[name]
     v = steer_vector(model)
 
-    def edit(out, start):
-        for i in range(out.shape[1]):
-            if start + i >= P:
-                out[:, i] += v
-        return out
+    edit = add_on_generated(v)
 
     torch.manual_seed(123)
     expected = hooked_generate(model, module(model), edit, PROMPT, max_new_tokens=MAX_NEW, do_sample=True, pad_token_id=0)
@@ -182,11 +190,7 @@ def test_beam_search_with_scores(name):
     model, comp, module = MODELS[name]
     v = steer_vector(model)
 
-    def edit(out, start):
-        for i in range(out.shape[1]):
-            if start + i >= P:
-                out[:, i] += v
-        return out
+    edit = add_on_generated(v)
 
     kw = dict(max_new_tokens=MAX_NEW, num_beams=2, do_sample=False, pad_token_id=0,
               return_dict_in_generate=True, output_scores=True)

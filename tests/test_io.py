@@ -1,7 +1,6 @@
 """Saving and loading in our format: round trips for every registered type, and bad input."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Any, Dict, List
@@ -11,37 +10,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import intervenable as pv
+from io_models import WIDTH, tiny_gpt2
 from intervenable.io import CONFIG_NAME, TENSORS_NAME, SerializationError
 from intervenable.io.common import sha256_file
 
-WIDTH = 16
 BASE = {"input_ids": torch.tensor([[3, 14, 15, 9, 2], [6, 5, 3, 5, 8]])}
 SOURCE = {"input_ids": torch.tensor([[2, 7, 18, 28, 1], [8, 2, 8, 4, 5]])}
 LOC = {"sources->base": 1}
 
 
-_MODELS: Dict[int, torch.nn.Module] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is several times faster on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def tiny_gpt2(width: int = WIDTH) -> torch.nn.Module:
-    """A fresh copy of one small random GPT-2 (built once per width: construction is slow)."""
-    if width not in _MODELS:
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        torch.manual_seed(0)
-        config = GPT2Config(n_layer=2, n_embd=width, n_head=2, vocab_size=32, n_positions=8, bos_token_id=0,
-                            eos_token_id=0, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
-        _MODELS[width] = GPT2LMHeadModel(config).eval()
-    return copy.deepcopy(_MODELS[width])
 
 
 def outputs(pv_model: Any) -> List[torch.Tensor]:

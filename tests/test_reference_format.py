@@ -7,42 +7,25 @@ reference's extra ``embed_dim`` / ``interchange_dim`` buffers.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pickle
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import pytest
 import torch
 from torch import nn
 
 import intervenable as pv
+from io_models import WIDTH, tiny_gpt2
 from intervenable.io import SerializationError
 
-WIDTH = 16
 BASE = {"input_ids": torch.tensor([[3, 14, 15, 9, 2]])}
 SOURCE = {"input_ids": torch.tensor([[2, 7, 18, 28, 1]])}
-_MODEL: List[nn.Module] = []
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def tiny_gpt2() -> nn.Module:
-    if not _MODEL:
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        torch.manual_seed(0)
-        config = GPT2Config(n_layer=2, n_embd=WIDTH, n_head=2, vocab_size=32, n_positions=8, bos_token_id=0,
-                            eos_token_id=0, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
-        _MODEL.append(GPT2LMHeadModel(config).eval())
-    return copy.deepcopy(_MODEL[0])
 
 
 def write_reference_folder(directory: Any, layer: int, type_name: str, state: Optional[Dict[str, torch.Tensor]],

@@ -9,8 +9,7 @@ facts ROME-style: the subject's last token in the middle layers).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

@@ -7,8 +7,7 @@ per-expert modules and no ``mlp_activation`` / ``moe_key`` components here;
 """
 from __future__ import annotations
 
-from ..registry import Architecture, attr, inp, out, register_architecture
-from ._common import hidden_size
+from ..registry import Architecture, attr, out, register_architecture
 from .llama import llama_components, num_layers
 
 _components = llama_components()
