@@ -70,7 +70,7 @@ def distributed_sweep(sweep: Callable[..., Any], *args: Any, layers: Optional[Se
                       n_layers: Optional[int] = None, all_ranks: bool = False, **kwargs: Any) -> Any:
     """Run a layer sweep (``causal_trace`` / ``patching_sweep``) with its layers split across ranks.
 
-    Each rank computes its contiguous share of ``layers`` (default: all
+    Each rank computes every ``world``-th layer of ``layers`` (default: all
     ``n_layers`` layers, read from the model's config when not given); rank 0
     gets one ``SweepResult`` with every layer, equal to the single-process
     sweep (None on other ranks unless ``all_ranks``). Seeded corruption noise
@@ -83,16 +83,18 @@ def distributed_sweep(sweep: Callable[..., Any], *args: Any, layers: Optional[Se
         if n_layers is None:
             raise ValueError("distributed_sweep needs layers=[...] or n_layers= for this model.")
         layers = list(range(int(n_layers)))
-    mine = shard(list(layers))
+    layers = list(layers)
+    rank, world = rank_and_world()
+    mine = layers[rank::world]  # interleaved: a patch at layer l costs about L - l layers, so blocks would be unbalanced
     local = sweep(*args, layers=mine, **kwargs) if mine else None
     parts = gather([local], all_ranks=all_ranks)
     if parts is None:
         return None
-    return merge_layer_shards([p for p in parts if p is not None])
+    return merge_layer_shards([p for p in parts if p is not None], order=layers)
 
 
-def merge_layer_shards(results: List[Any]) -> Any:
-    """Concatenate ``SweepResult`` shards (in layer order) along their layer axis."""
+def merge_layer_shards(results: List[Any], order: Optional[Sequence[int]] = None) -> Any:
+    """Join ``SweepResult`` shards along their layer axis, in the layer order ``order`` (default: as given)."""
     import dataclasses
 
     import torch
@@ -100,6 +102,10 @@ def merge_layer_shards(results: List[Any]) -> Any:
     first = results[0]
     values = torch.cat([r.values for r in results], dim=1)
     layers = [layer for r in results for layer in r.layers]
+    if order is not None:
+        index = [layers.index(layer) for layer in order]
+        values = values[:, index]
+        layers = list(order)
     info = dict(first.info)
     info["ranks"] = len(results)
     info["seconds_per_rank"] = [r.info.get("seconds") for r in results]
