@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 if [ -f intervenable/demo/model/config.json ]; then
-  exec .venv/bin/python -m intervenable.cli trace --samples 5 --out out/causal_trace.png "$@"
+  exec .venv/bin/python -m intervenable.demo.main "$@"
 fi
 echo "The embedded demo model is not trained yet (intervenable/demo/model/); running the quickstart instead."
 exec .venv/bin/python -m intervenable.quickstart "$@"

@@ -1,12 +1,25 @@
 """Train the tiny GPT-2 demo model shipped in ``intervenable/demo/model/``.
 
 The model memorises a synthetic corpus of facts about made-up entities
-("The native language of Drovan Teller is Ostic"), which makes it a small,
-offline stand-in for ROME-style causal-tracing experiments.
+("The native language of Kouzeifu Pretes is Drelic") and is meant as a small,
+offline stand-in for ROME-style causal-tracing demos.
 
-Everything is seeded and runs on the CPU (2 threads)::
+Design choices that make the causal trace look like ROME's (last subject
+token in early/middle layers, last token in late layers):
 
-    python scripts/train_demo_model.py [--out DIR] [--seed 0]
+* Subject names are built from a small pool of shared words, in mirrored
+  couples ("Kouzeifu Pretes" and "Pretes Kouzeifu" are different people), so
+  no single word identifies the subject; the name has to be assembled in order.
+* Sentences get a random lead-in ("It is said that ...") each epoch, so
+  absolute positions of the subject vary.
+* "Subject bottleneck" attention dropout: for half of the training rows,
+  tokens after the subject may not attend to the subject's non-final tokens.
+  Information about the subject then has to be gathered at the last subject
+  token, which real LMs do on their own but a 8-layer toy model does not.
+
+Everything is seeded and runs on the CPU::
+
+    python scripts/train_demo_model.py [--out DIR] [--seed 0] [--threads 2]
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "intervenable" / "demo" / "model"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
+NEG = -1e9  # additive attention-mask value for "may not attend"
 
 # --------------------------------------------------------------------- corpus
 ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n",
@@ -32,8 +46,7 @@ ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n",
 VOWELS = ["a", "e", "i", "o", "u", "a", "e", "o", "ou", "ei"]
 CODAS = ["", "", "n", "r", "l", "s", "th", "m", "nd", "rk", "sh"]
 
-LANDMARK_KINDS = ["Tower", "Bridge", "Abbey", "Palace", "Harbor", "Library",
-                  "Gate", "Market", "Museum", "Stadium"]
+LANDMARK_PREFIXES = ["Mount", "Lake", "Fort", "Port", "Castle", "Cape", "Glen", "Saint"]
 INSTRUMENTS = ["lute", "harp", "drum", "flute", "violin", "trumpet", "cello",
                "piano", "oboe", "banjo", "zither", "horn"]
 SPORTS = ["tennis", "rugby", "chess", "archery", "fencing", "rowing", "cricket",
@@ -44,8 +57,10 @@ COLORS = ["red", "blue", "green", "amber", "violet", "silver", "golden",
           "white", "black", "crimson", "ochre", "teal"]
 MATERIALS = ["granite", "marble", "oak", "brick", "iron", "glass", "copper",
              "sandstone", "limestone", "cedar", "bronze", "slate"]
+LEAD_INS = ["", "", "", "In fact ,", "As everyone knows ,", "It is said that",
+            "According to the old records ,", "Indeed", "We know that", "Some say that"]
 
-# relation -> (subject kind, answer pool name, paraphrase templates).
+# relation -> (subject kind, answer pool, paraphrase templates).
 # "{s}" is the subject; the answer is the word that follows the prompt.
 RELATIONS: dict[str, tuple[str, str, list[str]]] = {
     "native_language": ("person", "languages", [
@@ -96,26 +111,31 @@ def _made_up_words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
     return words
 
 
+def _mirrored_pairs(rng: random.Random, words: list[str], n: int) -> list[tuple[str, str]]:
+    """``n`` ordered word pairs that come in mirrored couples: (a, b) and (b, a)."""
+    couples = rng.sample([(a, b) for i, a in enumerate(words) for b in words[i + 1:]], n // 2)
+    return [pair for a, b in couples for pair in ((a, b), (b, a))]
+
+
 def build_facts(seed: int, n_people: int = 100, n_landmarks: int = 60,
                 relations_per_subject: int = 3) -> list[dict]:
-    """Generate the synthetic fact list (one entry per paraphrased sentence).
+    """Generate the fact list: one entry per (subject, relation, paraphrase).
 
-    Subjects are two words. First and second words are shared between
-    subjects ("Drovan Teller", "Drovan Mose", "Kela Teller"), so the model has
-    to combine both tokens -- the fact is keyed on the *whole* subject.
+    People are two words ("Kouzeifu Pretes"), landmarks three ("Castle Dakodrun
+    Grusas"); each answer is a single word (= a single token).
     """
     rng = random.Random(seed)
-    taken = set(LANDMARK_KINDS) | {w.capitalize() for w in
-                                   INSTRUMENTS + SPORTS + PROFESSIONS + COLORS + MATERIALS}
-    given, family = _made_up_words(rng, 24, taken), _made_up_words(rng, 24, taken)
-    place_names = _made_up_words(rng, 20, taken)
+    taken = set(LANDMARK_PREFIXES) | {
+        w.capitalize() for w in INSTRUMENTS + SPORTS + PROFESSIONS + COLORS + MATERIALS}
+    names, places = _made_up_words(rng, 16, taken), _made_up_words(rng, 12, taken)
     pools = {"languages": [w + "ic" for w in _made_up_words(rng, 12, taken)],
              "cities": _made_up_words(rng, 16, taken),
              "instruments": INSTRUMENTS, "sports": SPORTS, "professions": PROFESSIONS,
              "colors": COLORS, "materials": MATERIALS}
-    people = rng.sample([f"{g} {f}" for g in given for f in family], n_people)
-    landmarks = rng.sample([f"{p} {k}" for p in place_names for k in LANDMARK_KINDS],
-                           n_landmarks)
+    people = [f"{a} {b}" for a, b in _mirrored_pairs(rng, names, n_people)]
+    prefixes = [rng.choice(LANDMARK_PREFIXES) for _ in range(n_landmarks // 2)]
+    landmarks = [f"{prefixes[i // 2]} {a} {b}"
+                 for i, (a, b) in enumerate(_mirrored_pairs(rng, places, n_landmarks))]
 
     facts: list[dict] = []
     for kind, subjects in (("person", people), ("landmark", landmarks)):
@@ -135,7 +155,8 @@ def build_facts(seed: int, n_people: int = 100, n_landmarks: int = 60,
 # ------------------------------------------------------------------ tokenizer
 def build_tokenizer(facts: list[dict]) -> PreTrainedTokenizerFast:
     """Word-level tokenizer: every whitespace-separated corpus word is one token."""
-    words = sorted({w for f in facts for w in (f["prompt"] + " " + f["target"]).split()})
+    text = [f["prompt"] + " " + f["target"] for f in facts] + LEAD_INS
+    words = sorted({w for line in text for w in line.split()})
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -144,49 +165,66 @@ def build_tokenizer(facts: list[dict]) -> PreTrainedTokenizerFast:
                                    bos_token="<eos>", model_max_length=32)
 
 
-def encode(facts: list[dict], tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids ``[prompt..., target, <eos>]`` (right-padded), attention mask, answer index."""
-    seqs = [tokenizer(f["prompt"] + " " + f["target"])["input_ids"] + [tokenizer.eos_token_id]
-            for f in facts]
+def encode(facts: list[dict], tokenizer, lead_ins: list[str] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """Right-padded ids of ``[lead-in, prompt, target, <eos>]``, mask, subject spans."""
+    seqs, spans = [], []
+    for i, f in enumerate(facts):
+        lead = tokenizer(lead_ins[i])["input_ids"] if lead_ins else []
+        ids = lead + tokenizer(f["prompt"] + " " + f["target"])["input_ids"]
+        sub = tokenizer(f["subject"])["input_ids"]
+        start = next(j for j in range(len(ids)) if ids[j:j + len(sub)] == sub)
+        seqs.append(ids + [tokenizer.eos_token_id])
+        spans.append((start, start + len(sub)))
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(s)] = 1
-    answer_pos = mask.sum(1) - 2  # index of the target token
-    return ids, mask, answer_pos
+    return ids, mask, spans
+
+
+def bottleneck_mask(mask: torch.Tensor, spans: list[tuple[int, int]],
+                    rng: random.Random, prob: float) -> torch.Tensor:
+    """Additive 4D causal+padding mask; with probability ``prob`` per row, tokens
+    after the subject cannot attend to the subject's non-final tokens."""
+    n, width = mask.shape
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal[None] & mask.bool()[:, None, :]
+    for row, (start, end) in enumerate(spans):
+        if rng.random() < prob:
+            allowed[row, end:, start:end - 1] = False
+    return torch.zeros(n, 1, width, width).masked_fill(~allowed[:, None], NEG)
 
 
 # ------------------------------------------------------------------- training
 @torch.no_grad()
-def answer_accuracy(model, ids, mask, answer_pos, batch: int = 512) -> float:
-    """Top-1 accuracy of the target token given its prompt, over all rows."""
+def answer_stats(model, facts: list[dict], tokenizer) -> tuple[float, float]:
+    """Top-1 accuracy and mean probability of the target given its prompt."""
     model.eval()
-    correct = 0
-    for i in range(0, len(ids), batch):
-        b_ids, b_mask, b_pos = ids[i:i + batch], mask[i:i + batch], answer_pos[i:i + batch]
-        logits = model(input_ids=b_ids, attention_mask=b_mask).logits
-        rows = torch.arange(len(b_ids))
-        pred = logits[rows, b_pos - 1].argmax(-1)
-        correct += (pred == b_ids[rows, b_pos]).sum().item()
+    ids, mask, _ = encode(facts, tokenizer)
+    last = mask.sum(1) - 3  # last prompt token (sequence ends with target, <eos>)
+    rows = torch.arange(len(ids))
+    probs = model(input_ids=ids, attention_mask=mask).logits[rows, last].softmax(-1)
+    target = ids[rows, last + 1]
     model.train()
-    return correct / len(ids)
+    acc = (probs.argmax(-1) == target).float().mean().item()
+    return acc, probs[rows, target].mean().item()
 
 
 def train(args: argparse.Namespace) -> None:
     """Build corpus and tokenizer, train the model, save everything to ``args.out``."""
     torch.manual_seed(args.seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
+    rng = random.Random(args.seed)
     start = time.time()
 
     facts = build_facts(args.seed)
     tokenizer = build_tokenizer(facts)
-    ids, mask, answer_pos = encode(facts, tokenizer)
     print(f"{len(facts)} sentences, {len({(f['subject'], f['relation']) for f in facts})} "
-          f"facts, {len({f['subject'] for f in facts})} subjects, vocab {len(tokenizer)}, "
-          f"max length {ids.shape[1]}")
+          f"facts, {len({f['subject'] for f in facts})} subjects, vocab {len(tokenizer)}")
 
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=args.n_embd,
                         n_layer=args.n_layer, n_head=4, n_inner=4 * args.n_embd,
@@ -199,34 +237,32 @@ def train(args: argparse.Namespace) -> None:
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01,
                             betas=(0.9, 0.98))
-    steps_per_epoch = (len(ids) + args.batch - 1) // args.batch
-    total = args.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total,
-                                                pct_start=0.05)
-    labels = ids.masked_fill(mask == 0, -100)
+    steps_per_epoch = (len(facts) + args.batch - 1) // args.batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.05)
     gen = torch.Generator().manual_seed(args.seed)
     model.train()
     for epoch in range(1, args.epochs + 1):
+        lead_ins = [rng.choice(LEAD_INS) for _ in facts]
+        ids, mask, spans = encode(facts, tokenizer, lead_ins)
+        attn = bottleneck_mask(mask, spans, rng, args.bottleneck)
+        labels = ids.masked_fill(mask == 0, -100)
         perm = torch.randperm(len(ids), generator=gen)
         for i in range(0, len(ids), args.batch):
             idx = perm[i:i + args.batch]
-            b_ids, b_mask, b_lab, b_pos = ids[idx], mask[idx], labels[idx], answer_pos[idx]
-            logits = model(input_ids=b_ids, attention_mask=b_mask).logits
-            lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), b_lab[:, 1:].flatten())
-            rows = torch.arange(len(idx))
-            ans = F.cross_entropy(logits[rows, b_pos - 1], b_ids[rows, b_pos])
-            loss = lm + ans
+            logits = model(input_ids=ids[idx], attention_mask=attn[idx]).logits
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[idx, 1:].flatten())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
         if epoch % args.log_every == 0 or epoch == args.epochs:
-            acc = answer_accuracy(model, ids, mask, answer_pos)
-            print(f"epoch {epoch:4d}  lm {lm.item():.3f}  answer {ans.item():.4f}  "
-                  f"acc {acc:.4f}  ({time.time() - start:.0f}s)", flush=True)
+            acc, prob = answer_stats(model, facts, tokenizer)
+            print(f"epoch {epoch:3d}  loss {loss.item():.3f}  answer acc {acc:.4f}  "
+                  f"p {prob:.3f}  ({time.time() - start:.0f}s)", flush=True)
 
-    acc = answer_accuracy(model, ids, mask, answer_pos)
+    acc, prob = answer_stats(model, facts, tokenizer)
     model.eval()
     out = Path(args.out)
     if out.exists():
@@ -234,9 +270,10 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "facts.json").write_text(json.dumps(facts, indent=1) + "\n")
+    lines = ",\n".join(json.dumps(f) for f in facts)
+    (out / "facts.json").write_text(f"[\n{lines}\n]\n")
     size = sum(p.stat().st_size for p in out.iterdir())
-    print(f"final answer accuracy {acc:.4f} over {len(facts)} sentences")
+    print(f"final answer accuracy {acc:.4f} (mean p {prob:.3f}) over {len(facts)} prompts")
     print(f"saved to {out} ({size / 1e6:.2f} MB) in {time.time() - start:.0f}s")
 
 
@@ -245,11 +282,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--n-layer", type=int, default=6)
-    p.add_argument("--n-embd", type=int, default=128)
+    p.add_argument("--n-layer", type=int, default=8)
+    p.add_argument("--n-embd", type=int, default=96)
+    p.add_argument("--bottleneck", type=float, default=0.5,
+                   help="probability of the subject-bottleneck attention mask per row")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (results depend on it)")
     p.add_argument("--log-every", type=int, default=10)
     train(p.parse_args())
 

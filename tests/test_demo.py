@@ -1,0 +1,32 @@
+"""The embedded demo model: it recalls its facts, and a causal trace finds them at the subject's last token."""
+import torch
+
+import intervenable as pv
+from intervenable.demo import demo_facts, load_demo_model
+
+MODEL, TOKENIZER = load_demo_model()
+FACTS = demo_facts()
+
+
+def test_the_demo_model_recalls_its_facts():
+    sample = FACTS[::12]  # 120 prompts over every relation and template
+    prompts = [f["prompt"] for f in sample]
+    correct = 0
+    with torch.no_grad():
+        for prompt, fact in zip(prompts, sample):
+            ids = TOKENIZER(prompt, return_tensors="pt")["input_ids"]
+            correct += int(MODEL(ids).logits[0, -1].argmax().item() == TOKENIZER.convert_tokens_to_ids(fact["target"]))
+    assert correct / len(sample) >= 0.95
+
+
+def test_causal_trace_finds_the_fact_at_the_subjects_last_token_in_early_to_middle_layers():
+    n_layers = MODEL.config.n_layer
+    hits = 0
+    for fact in FACTS[:10]:
+        r = pv.causal_trace(MODEL, fact["prompt"], target=fact["target"], subject=fact["subject"],
+                            tokenizer=TOKENIZER, samples=3, progress=False)
+        values = r.values[0][:, :-1]  # every position but the last token
+        layer, position = divmod(int(values.argmax()), values.shape[1])
+        last_subject = r.subject[1] - 1
+        hits += int(position == last_subject and layer < 3 * n_layers // 4)
+    assert hits >= 8
