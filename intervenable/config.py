@@ -7,7 +7,7 @@ engine only ever sees well-formed representations.
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 from .errors import ConfigError, closest
 
@@ -186,6 +186,3 @@ def as_config(config: Any) -> IntervenableConfig:
         return config
     return IntervenableConfig(representations=config)
 
-
-def iter_representations(config: IntervenableConfig) -> Iterable[RepresentationConfig]:
-    return iter(config.representations)

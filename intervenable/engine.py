@@ -67,8 +67,7 @@ class CallState:
     per_call: bool = False  # generation: collect a list with one entry per forward call
     # unit "t" on unrolled recurrent cells (see recurrent.py)
     step_counters: Dict[str, int] = field(default_factory=dict)
-    step_buffers: Dict[str, Any] = field(default_factory=dict)
-    step_filled: Dict[str, torch.Tensor] = field(default_factory=dict)
+    step_buffers: Dict[str, Any] = field(default_factory=dict)  # key -> (values, filled mask)
     step_values: Dict[str, Any] = field(default_factory=dict)
 
 

@@ -55,7 +55,6 @@ def store_step(state: Any, store_key: str, index: Optional[torch.Tensor], full: 
         filled = filled.index_put((rows, slots), torch.ones_like(rows, dtype=torch.bool))
         buffers[store_key] = (values, filled)
     state.activations[store_key] = values
-    state.step_filled[store_key] = filled
 
 
 def apply_step(slot: Any, index: Optional[torch.Tensor], state: Any, source: Optional[torch.Tensor], subspaces: Any,
@@ -80,8 +79,8 @@ def apply_step(slot: Any, index: Optional[torch.Tensor], state: Any, source: Opt
         return None
     src = None
     if source is not None:
-        filled = state.step_filled.get(slot.key)
-        if filled is not None and not bool(filled[rows, slots].all()):
+        buffer = state.step_buffers.get(slot.key)
+        if buffer is not None and not bool(buffer[1][rows, slots].all()):
             raise LocationError(
                 f"At {slot.where()}: a source time step was never reached in the source run "
                 "(steps count the calls of the recurrent cell: use a step below the sequence length)."

@@ -11,7 +11,6 @@ import math
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
-from torch.nn import functional as F
 
 Edit = Callable[[str, int, torch.Tensor], torch.Tensor]
 
@@ -154,7 +153,6 @@ def check_manual_matches_model(model, input_ids: torch.Tensor) -> None:
 
 
 __all__ = [
-    "F",
     "HEAD_COMPONENTS",
     "cache",
     "check_manual_matches_model",

@@ -97,11 +97,9 @@ class Intervention(nn.Module):
         if not isinstance(source_representation, torch.Tensor):
             source_representation = torch.as_tensor(source_representation)
         self.is_source_constant = True
-        if "source_representation" in self._buffers or not hasattr(self, "source_representation"):
-            self.register_buffer("source_representation", source_representation)
-        else:
-            delattr(self, "source_representation")
-            self.register_buffer("source_representation", source_representation)
+        if "source_representation" not in self._buffers and hasattr(self, "source_representation"):
+            delattr(self, "source_representation")  # a plain None attribute: make room for the buffer
+        self.register_buffer("source_representation", source_representation)
 
     def set_interchange_dim(self, interchange_dim: Any) -> None:
         self.interchange_dim = int(interchange_dim)

@@ -34,14 +34,6 @@ def get_module(model: nn.Module, dotted: str) -> Optional[nn.Module]:
         return None
 
 
-def is_module_path(model: nn.Module, path: str) -> bool:
-    """True when ``path`` names a submodule, with or without a hook suffix."""
-    try:
-        parse_module_path(model, path)
-    except ComponentError:
-        return False
-    return True
-
 
 def parse_module_path(model: nn.Module, path: str) -> Tuple[str, str, nn.Module]:
     """Split a raw path into (dotted module path, hook kind, module); raise if absent."""

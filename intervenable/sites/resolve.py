@@ -6,7 +6,7 @@ and placed at ``layer``; anything else is read as a raw module path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -224,7 +224,3 @@ def list_components(model: nn.Module, layer: int = 0, print_table: bool = True) 
             print(f"  {name.ljust(width)}  {where}")
     return table
 
-
-def component_names(model: nn.Module) -> List[str]:
-    arch = find_architecture(model)
-    return sorted(arch.components) if arch is not None else []
