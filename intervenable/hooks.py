@@ -23,6 +23,7 @@ class HookSet:
     def __init__(self) -> None:
         self._handles: List[RemovableHandle] = []
         self._chains: Dict[Tuple[int, str], List[Callable[..., Any]]] = {}
+        self._where: List[str] = []  # one "ModuleType.kind" per handle, for repr
 
     def add(self, module: nn.Module, hook: str, fn: Callable[..., Any], prepend: bool = False, first: bool = False) -> None:
         """Register ``fn`` on ``module``'s ``"input"`` (pre-hook) or ``"output"`` (forward hook).
@@ -49,17 +50,20 @@ class HookSet:
         else:  # pragma: no cover - internal
             raise ValueError(f"hook kind must be 'input' or 'output', not {hook!r}")
         self._handles.append(handle)
+        self._where.append(f"{type(module).__name__}.{hook}")
 
     def remove(self) -> None:
         """Remove every hook this set registered (and nothing else)."""
         while self._handles:
             self._handles.pop().remove()
+        self._where.clear()
         self._chains.clear()
 
     def absorb(self, other: "HookSet") -> None:
         """Take ownership of ``other``'s hooks (they are then removed with this set)."""
         self._handles.extend(other._handles)
-        other._handles = []
+        self._where.extend(other._where)
+        other._handles, other._where = [], []
         for key, chain in other._chains.items():
             # ``chain`` is the list other's dispatcher runs: adopt it so later additions join it.
             self._chains.setdefault(key, chain)
@@ -67,6 +71,15 @@ class HookSet:
 
     def __len__(self) -> int:
         return len(self._handles)
+
+    def __repr__(self) -> str:
+        if not self._handles:
+            return "HookSet(empty)"
+        counts: Dict[str, int] = {}
+        for where in self._where:
+            counts[where] = counts.get(where, 0) + 1
+        parts = ", ".join(f"{w} x{n}" if n > 1 else w for w, n in counts.items())
+        return f"HookSet({len(self._handles)} hooks: {parts})"
 
     def __enter__(self) -> "HookSet":
         return self
