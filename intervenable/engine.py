@@ -9,15 +9,14 @@ registers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .config import RepresentationConfig
 from .errors import InputError, ShapeError
-from .interventions.base import InterventionOutput
-from .interventions.basic import CollectIntervention
+from .interventions.base import Capabilities, InterventionOutput
 from .sites.site import Site, extract, replace
 from .recurrent import apply_step, store_step
 from .units import Units, gather, resolve_units, scatter
@@ -36,6 +35,7 @@ class Slot:
     unit: str
     intervention: nn.Module
     representation: RepresentationConfig
+    caps: Capabilities = field(default_factory=Capabilities)
 
     @property
     def head_view(self) -> bool:
@@ -43,11 +43,11 @@ class Slot:
 
     @property
     def is_collect(self) -> bool:
-        return isinstance(self.intervention, CollectIntervention)
+        return self.caps.collects
 
     @property
     def needs_source(self) -> bool:
-        return bool(getattr(self.intervention, "needs_source", True))
+        return self.caps.needs_source
 
     def where(self) -> str:
         return f"{self.key} ({self.site.describe()})"
@@ -55,6 +55,25 @@ class Slot:
     def is_step(self, full: torch.Tensor) -> bool:
         """Unit ``t`` on a per-step (2-D) activation of an unrolled recurrent cell."""
         return self.unit == "t" and full.dim() == 2
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """What one intervened call was asked to do, built once before any forward.
+
+    ``sources`` has one entry per group (``None``: no source for that group);
+    ``provided`` are ``source_representations`` by key; ``subspaces`` has one
+    entry per intervention; ``generation`` is set for ``generate`` calls.
+    """
+
+    base: Any
+    batch: int
+    sources: List[Any]
+    unit_locations: Any
+    provided: Dict[str, torch.Tensor]
+    subspaces: List[Any]
+    extra: Optional[Dict[str, Any]] = None
+    generation: Optional["GenerationPlan"] = None
 
 
 @dataclass
@@ -165,7 +184,7 @@ def apply_intervention(
 ) -> Optional[torch.Tensor]:
     """Run the intervention on gathered units; None means "leave the activation as is"."""
     intervention = slot.intervention
-    flatten = bool(getattr(intervention, "flatten_units", False))
+    flatten = slot.caps.flatten_units
     base_in = _flatten(base_units, slot.head_view) if flatten else base_units
     src_in = source
     if flatten and source is not None and source.shape == base_units.shape:
@@ -231,7 +250,7 @@ def setter(
         view = slot.site.to_view(full)
         resolved = resolve_units(call_units, view, slot.head_view, slot.where())
         base_units = gather(view, resolved, slot.head_view)
-        if getattr(slot.intervention, "uses_module_input", False):
+        if slot.caps.uses_module_input:
             # the module's own input (skip, LoRA): its width may differ from the output's
             src = _module_input_units(slot, args, kwargs, call_units).to(base_units.device)
         elif isinstance(src, torch.Tensor):

@@ -3,23 +3,26 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .config import IntervenableConfig, RepresentationConfig, as_config
-from .engine import CallState, Slot, getter, setter
+from .engine import CallPlan, CallState, Slot, getter, setter
 from .errors import ConfigError, InputError
 from .hooks import HookSet
 from .inputs import batch_size, call_model
-from .interventions.base import Intervention, get_intervention_class
+from .interventions.base import Capabilities, Intervention, get_intervention_class
 from .interventions.basic import LambdaIntervention, VanillaIntervention
 from .io import SerializationMixin
 from .model_params import ParameterMixin
 from .sites.resolve import resolve_component
 from .sites.site import Site
 from .units import Locations, normalise_parallel, normalise_serial, normalise_subspaces
+
+if TYPE_CHECKING:
+    from .generation import GenerationPlan
 
 
 @dataclass
@@ -66,7 +69,7 @@ def build_intervention(spec: Any, rep: RepresentationConfig, site: Site) -> nn.M
             raise ConfigError(f"Intervention class {spec.__name__} must be an nn.Module subclass.")
         kwargs = rep._asdict()
         width = site.width
-        if width is not None and getattr(spec, "flatten_units", False):
+        if width is not None and Capabilities.of_class(spec).flatten_units:
             width = width * int(rep.max_number_of_units)
         kwargs["embed_dim"] = width
         if issubclass(spec, Intervention):
@@ -153,7 +156,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                 if rep.intervention_link_key is not None:
                     links[rep.intervention_link_key] = intervention
             _place_on_site_device(intervention, site)
-            slot = Slot(key, i, site, rep.unit, intervention, rep)
+            slot = Slot(key, i, site, rep.unit, intervention, rep, Capabilities.of(intervention))
             if not site.writable and not slot.is_collect:
                 raise ConfigError(
                     f"{rep.component!r} at {site.describe()} can be read but not written (changing it does "
@@ -281,20 +284,40 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         model_kwargs = self._model_kwargs(labels, use_cache)
         original = call_model(self.model, base, model_kwargs) if output_original_output else None
         state = CallState()
-        with HookSet() as hooks:
-            self._install(hooks, state, base, sources, unit_locations, source_representations, subspaces,
+        plan = self._plan(base, sources, unit_locations, source_representations, subspaces,
                           intervention_additional_kwargs)
+        with HookSet() as hooks:
+            self._install(hooks, state, plan)
             intervened = call_model(self.model, base, model_kwargs)
         return self._result(original, intervened, state, return_dict)
 
-    def _install(self, hooks, state, base, sources, unit_locations, source_representations, subspaces, extra, plan=None) -> None:
-        """Run the sources (getters) and register the setters of one intervened call on ``hooks``."""
+    def _plan(
+        self,
+        base: Any,
+        sources: Optional[Sequence[Any]],
+        unit_locations: Any,
+        source_representations: Any,
+        subspaces: Any,
+        extra: Optional[Dict[str, Any]],
+        generation: Optional["GenerationPlan"] = None,
+    ) -> CallPlan:
+        """Normalise one call's arguments into a ``CallPlan``."""
         batch = batch_size(base)
-        per_group = self._sources_per_group(sources)
-        provided = self._source_representations(source_representations)
-        subspace_rows = normalise_subspaces(subspaces, len(self._slots), batch)
+        return CallPlan(
+            base=base,
+            batch=batch,
+            sources=self._sources_per_group(sources),
+            unit_locations=unit_locations,
+            provided=self._source_representations(source_representations),
+            subspaces=normalise_subspaces(subspaces, len(self._slots), batch),
+            extra=extra,
+            generation=generation,
+        )
+
+    def _install(self, hooks: HookSet, state: CallState, plan: CallPlan) -> None:
+        """Run the sources (getters) and register the setters of one intervened call on ``hooks``."""
         run = self._parallel if self.mode == "parallel" else self._serial
-        run(hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra, plan)
+        run(hooks, state, plan)
 
     def _result(self, original: Any, intervened: Any, state: CallState, return_dict: Optional[bool]) -> Any:
         collected = [state.collected[s.key] for s in self._slots if s.key in state.collected]
@@ -347,9 +370,10 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         plan = GenerationPlan(prompt_length, batch, intervene_on_prompt, step_selector(generation_steps))
         original = self._generate(base, generate_kwargs) if output_original_output else None
         state = CallState(per_call=True)
-        with HookSet() as hooks:
-            self._install(hooks, state, base, sources, unit_locations, source_representations, subspaces,
+        call = self._plan(base, sources, unit_locations, source_representations, subspaces,
                           intervention_additional_kwargs, plan)
+        with HookSet() as hooks:
+            self._install(hooks, state, call)
             hooks.add(self.model, "input", plan.on_model_call, prepend=True)
             generated = self._generate(base, generate_kwargs)
         return self._result(original, generated, state, return_dict)
@@ -397,9 +421,10 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             "constant 'source_representation'. For base-only interventions use e.g. ZeroIntervention."
         )
 
-    def _parallel(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra, plan=None) -> None:
+    def _parallel(self, hooks: HookSet, state: CallState, plan: CallPlan) -> None:
+        per_group, provided = plan.sources, plan.provided
         has_sources = any(s is not None for s in per_group)
-        locations: List[Locations] = normalise_parallel(unit_locations, [s.unit for s in self._slots], batch, has_sources)
+        locations: List[Locations] = normalise_parallel(plan.unit_locations, [s.unit for s in self._slots], plan.batch, has_sources)
         # One source forward per distinct source input; getters of every group that reads it.
         runs: "OrderedDict[int, Tuple[Any, List[int]]]" = OrderedDict()
         for g, members in enumerate(self._intervention_group.values()):
@@ -423,11 +448,12 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                     if per_group[g] is None and has_sources:
                         continue  # this group's source is None on purpose: skip it, as in the reference
                     raise self._missing_source(slot)
-                hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, subspace_rows[i], extra, plan), first=True)
+                hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, plan.subspaces[i], plan.extra, plan.generation), first=True)
 
-    def _serial(self, hooks, state, per_group, unit_locations, provided, subspace_rows, batch, extra, plan=None) -> None:
+    def _serial(self, hooks: HookSet, state: CallState, plan: CallPlan) -> None:
+        per_group, provided = plan.sources, plan.provided
         groups = list(self._intervention_group.values())
-        locations = normalise_serial(unit_locations, groups, [s.unit for s in self._slots], batch)
+        locations = normalise_serial(plan.unit_locations, groups, [s.unit for s in self._slots], plan.batch)
         active = HookSet()  # setters of the latest group, active during the next source run
         try:
             for g, members in enumerate(groups):
@@ -446,7 +472,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                     src = self._source_for(slot, state, provided, slot.key)
                     if src is None and slot.needs_source:
                         raise self._missing_source(slot)
-                    active.add(slot.site.module, slot.site.hook, setter(slot, locations[g][j].base, state, src, subspace_rows[i], extra, plan), first=True)
+                    active.add(slot.site.module, slot.site.hook, setter(slot, locations[g][j].base, state, src, plan.subspaces[i], plan.extra, plan.generation), first=True)
             hooks.absorb(active)  # the last group's setters act on the base run
         finally:
             active.remove()

@@ -1,20 +1,51 @@
-"""The intervention protocol, its base classes, and the registry of types by name.
+"""The intervention contract, its base classes, and the registry of types by name.
 
-An intervention is an ``nn.Module`` called as
-``intervention(base, source, subspaces=None, **kwargs)``:
+What an intervention is
+-----------------------
+An ``nn.Module`` called as ``intervention(base, source, subspaces=None, **kwargs)``:
 
 * ``base``: the selected units of the base run, ``[batch, positions, width]``
   (``[batch, heads, positions, head_dim]`` for head units; ``[batch, width]``
   for 2-D activations);
 * ``source``: the same units of the source run, a constant
-  ``source_representation``, or ``None`` for sourceless interventions;
+  ``source_representation``, the module's own input (``uses_module_input``),
+  or ``None`` for sourceless interventions;
 * ``subspaces``: per-row lists of dimension indices (or partition ids when
-  ``subspace_partition`` is set), or ``None``.
+  ``subspace_partition`` is set), or ``None``;
+* ``kwargs``: ``intervention_additional_kwargs`` of the call.
 
-It returns the new value of ``base`` (same shape) or an ``InterventionOutput``.
-Interventions whose class sets ``flatten_units = True`` (the rotations) see
-units concatenated into the last dimension instead, ``[batch, units * width]``,
-as in the reference library.
+It returns the new value of ``base`` (same shape, or broadcastable to it) or an
+``InterventionOutput`` (new value + a latent reported in the output).
+
+What an intervention may declare
+--------------------------------
+Class attributes (or, for ``needs_source``, a property), all optional; a
+plain ``nn.Module`` that declares none of them is a source-reading swap-like
+intervention. The engine reads them once per slot, when the
+``IntervenableModel`` is built, into a frozen ``Capabilities`` record, so
+change them before wrapping:
+
+==================== ======= ==================================================
+name                 default meaning
+==================== ======= ==================================================
+``needs_source``     True    a call must provide a source (source run,
+                             ``source_representations`` or a constant)
+``collects``         False   the output is reported in ``collected_activations``
+                             and the activation is left untouched
+``flatten_units``    False   units are concatenated into the last dimension,
+                             ``[batch, units * width]`` (the rotations); the
+                             model then builds it with ``embed_dim = width *
+                             max_number_of_units``
+``uses_module_input`` False  ``source`` is the hooked module's own input at the
+                             same units (skip, LoRA)
+==================== ======= ==================================================
+
+Saving (io/native.py) rebuilds an intervention from its registered name and
+``init_kwargs`` (JSON-able constructor arguments), then loads its
+``state_dict()``. Optional hooks: ``config_dict()`` (extra JSON settings),
+``init_tensors`` (class attribute: constructor arguments that are tensors,
+saved in the safetensors file) and ``from_reference_state_dict`` (classmethod:
+convert a reference-library state dict).
 """
 from __future__ import annotations
 
@@ -28,6 +59,37 @@ from ..config import REPRESENTATION_FIELDS
 from ..errors import ConfigError, ShapeError, closest
 
 _DERIVED_KWARGS = frozenset(REPRESENTATION_FIELDS) | {"embed_dim", "use_fast"}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one intervention declared (see the module docstring), read once when a model is built."""
+
+    needs_source: bool = True
+    collects: bool = False
+    flatten_units: bool = False
+    uses_module_input: bool = False
+
+    @classmethod
+    def of(cls, intervention: nn.Module) -> "Capabilities":
+        """The declarations of ``intervention`` (defaults for a plain module that declares nothing)."""
+        return cls(
+            needs_source=bool(getattr(intervention, "needs_source", True)),
+            collects=bool(getattr(intervention, "collects", False)),
+            flatten_units=bool(getattr(intervention, "flatten_units", False)),
+            uses_module_input=bool(getattr(intervention, "uses_module_input", False)),
+        )
+
+    @classmethod
+    def of_class(cls, intervention_class: type) -> "Capabilities":
+        """Class-level declarations, before an instance exists (``needs_source`` may be a property)."""
+        declared = getattr(intervention_class, "needs_source", True)
+        return cls(
+            needs_source=declared if isinstance(declared, bool) else True,
+            collects=bool(getattr(intervention_class, "collects", False)),
+            flatten_units=bool(getattr(intervention_class, "flatten_units", False)),
+            uses_module_input=bool(getattr(intervention_class, "uses_module_input", False)),
+        )
 
 
 @dataclass
@@ -66,6 +128,8 @@ class Intervention(nn.Module):
     flatten_units: bool = False
     #: True for interventions that read the module's own input as source (skip)
     uses_module_input: bool = False
+    #: True for interventions whose output is collected, not written back
+    collects: bool = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()

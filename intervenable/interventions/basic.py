@@ -70,6 +70,8 @@ class CollectIntervention(ConstantSourceIntervention):
     in ``collected_activations``.
     """
 
+    collects = True
+
     def forward(self, base, source=None, subspaces=None, **kwargs):
         if subspaces is not None:
             mask = subspace_mask(subspaces, self.subspace_partition, base)
