@@ -239,3 +239,21 @@ def test_a_file_in_the_way_is_refused(tmp_path) -> None:
     (tmp_path / "steer").write_text("not a folder")
     with pytest.raises(SerializationError, match="exists and is not a folder"):
         version("A").save(tmp_path / "steer")
+
+
+def test_a_load_waits_for_a_save_that_is_running(tmp_path) -> None:
+    """A save holds the folder's lock from its first change to its last; a load in that time waits, then reads."""
+    import threading
+
+    from intervenable.io.atomic import folder_lock
+
+    folder = str(tmp_path / "steer")
+    version("A").save(folder)
+    seen: List[str] = []
+    reader = threading.Thread(target=lambda: seen.append(loaded_version(folder)))
+    with folder_lock(folder, exclusive=True):  # as a save into the folder holds it
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and seen == []
+    reader.join(30)
+    assert seen == ["A"]
