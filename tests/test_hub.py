@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -206,3 +207,58 @@ def test_save_with_save_to_hf_hub(tmp_path, fake_hub) -> None:
     assert set(server.files) == {CONFIG_NAME, TENSORS_NAME}
     assert server.files[TENSORS_NAME] == (tmp_path / "out" / TENSORS_NAME).read_bytes()
     assert (tmp_path / "out" / "notes.txt").read_text() == "not uploaded"  # saving beside other files keeps them
+
+
+def closed_port() -> str:
+    """A loopback endpoint where nothing listens: every connection is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("offline_mode", [False, True])
+def test_an_unreachable_hub_gives_our_error_and_keeps_the_local_folder(tmp_path, monkeypatch, offline_mode) -> None:
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", offline_mode)  # refused connection, or HF_HUB_OFFLINE=1
+    endpoint = closed_port()
+    vector = torch.randn(WIDTH)
+    pv_model = steering(vector)
+    folder = tmp_path / "out"
+    with pytest.raises(SerializationError, match=f"Could not reach the Hugging Face hub at {endpoint}") as info:
+        pv_model.save(folder, save_to_hf_hub=True, hf_repo_name=REPO, endpoint=endpoint, token="hf_x")
+    assert f"the local folder {str(folder)!r} was written" in str(info.value)
+    assert ("OfflineModeIsEnabled" if offline_mode else "ConnectError") in str(info.value)
+    assert steered(pv.IntervenableModel.load(str(folder), tiny_gpt2())).equal(steered(pv_model))  # the folder is complete
+
+    with pytest.raises(SerializationError, match="Nothing was uploaded and nothing was kept on disk"):
+        pv_model.push_to_hub(REPO, endpoint=endpoint)
+
+
+def test_a_folder_left_by_a_killed_save_uploads_its_current_version(tmp_path, fake_hub, monkeypatch) -> None:
+    """Killed just after its commit point, a save leaves the new files in a hidden commit folder: they are sent."""
+    from intervenable.io import atomic
+    from intervenable.io.hub import push_folder
+
+    server, endpoint = fake_hub
+    old, new = steering(torch.randn(WIDTH)), steering(torch.randn(WIDTH))
+    folder = str(tmp_path / "out")
+    old.save(folder)
+
+    def die_at_commit(step: str) -> None:
+        if step == "committed":
+            raise KeyboardInterrupt  # stands in for a kill: nothing after this step runs
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(atomic, "after_step", die_at_commit)
+        new.save(folder)
+    assert atomic.COMMIT_NAME in os.listdir(folder)  # the state a kill at the commit point leaves
+    push_folder(folder, REPO, endpoint=endpoint)
+    assert set(server.files) == {CONFIG_NAME, TENSORS_NAME}
+    cached = str(tmp_path / "hub")
+    put_in_hub_cache(cached, REPO, server.files, "e" * 40)
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    assert torch.equal(steered(pv.IntervenableModel.load(REPO, tiny_gpt2(), cache_dir=cached)), steered(new))

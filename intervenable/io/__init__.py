@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
+import torch
 from torch import nn
 
 from . import native
+from .atomic import current_file, folder_lock, interrupted, save_target
 from .common import (
     CONFIG_NAME,
     FORMAT_VERSION,
@@ -38,7 +40,7 @@ def resolve_folder(
     endpoint: Optional[str] = None,
 ) -> str:
     """A local folder: ``path`` itself, or the hub snapshot of the repo id ``path``."""
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if os.path.isdir(path) and not from_huggingface_hub:
         return path
     if os.path.exists(path) and not from_huggingface_hub:
@@ -50,14 +52,33 @@ def resolve_folder(
 
 def _check_folder(folder: str) -> str:
     """'native' or 'reference'; a clear error for anything else."""
-    if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+    if os.path.isfile(current_file(folder, CONFIG_NAME)):
         return "native"
     if is_reference_folder(folder):
         return "reference"
+    if interrupted(folder):
+        raise SerializationError(
+            f"{folder!r} holds no complete saved intervention: the first save into it was interrupted before it "
+            "finished. Save the model again."
+        )
     raise SerializationError(
         f"{folder!r} is not a saved intervention: it has neither {CONFIG_NAME} (intervenable) nor config.json + "
         "intkey_*.bin (the reference library). Give the folder that save() wrote."
     )
+
+
+def _read_folder(folder: str) -> Tuple[str, Dict[str, Any], Dict[str, torch.Tensor]]:
+    """The folder's kind and, for our format, its checked config and tensors, read as one version.
+
+    The shared lock waits for a save running now; after a killed save the
+    reading rule of ``atomic.current_file`` finds the last complete version.
+    """
+    with folder_lock(folder, exclusive=False):
+        kind = _check_folder(folder)
+        if kind == "reference":
+            return kind, {}, {}
+        config = native.read_config(folder)
+        return kind, config, native.read_tensors(folder, config)
 
 
 class SerializationMixin:
@@ -71,22 +92,23 @@ class SerializationMixin:
         include_model: bool = False,
         **hub_kwargs: Any,
     ) -> None:
-        """Write the configuration and tensors to ``save_directory`` (atomically).
+        """Write the configuration and tensors to ``save_directory`` (atomically; ``~`` is expanded).
 
         ``include_model=True`` also stores the model's parameters that require
         grad. ``save_to_hf_hub=True`` then uploads the folder to ``hf_repo_name``
         (``hub_kwargs``: ``private``, ``token``, ``revision``, ``commit_message``, ``endpoint``).
         """
-        native.save_folder(self, os.fspath(save_directory), include_model)
+        folder = save_target(save_directory)
+        native.save_folder(self, folder, include_model)
         if save_to_hf_hub:
-            push_folder(os.fspath(save_directory), hf_repo_name, **hub_kwargs)
+            push_folder(folder, hf_repo_name, **hub_kwargs)
 
     def push_to_hub(self, repo_id: str, include_model: bool = False, **hub_kwargs: Any) -> Any:
         """Save into a temporary folder and upload it to the hub repo ``repo_id``; returns the commit info."""
         with tempfile.TemporaryDirectory() as tmp:
             folder = os.path.join(tmp, "saved")
             native.save_folder(self, folder, include_model)
-            return push_folder(folder, repo_id, **hub_kwargs)
+            return push_folder(folder, repo_id, kept_locally=False, **hub_kwargs)
 
     @classmethod
     def load(
@@ -103,14 +125,12 @@ class SerializationMixin:
     ) -> Any:
         """A new model wrapping ``model``, equal to the saved one (a folder or a hub repo id)."""
         folder = resolve_folder(load_directory, from_huggingface_hub, local_directory, revision, token, cache_dir, endpoint)
-        kind = _check_folder(folder)
+        kind, config, tensors = _read_folder(folder)
         with ModelStateGuard(model):
             if kind == "reference":
                 pv_model = load_reference(folder, model, cls, include_model)
                 _to_model_device(pv_model)
                 return pv_model
-            config = native.read_config(folder)
-            tensors = native.read_tensors(folder, config)
             pv_model = cls(native.build_config(config, tensors), model)
             states = native.intervention_states(pv_model, config, tensors)
             model_state = native.model_state(pv_model, config, tensors) if include_model else None
@@ -122,16 +142,15 @@ class SerializationMixin:
 
     def save_intervention(self, save_directory: str, include_model: bool = True) -> None:
         """Write the weights (same files as ``save``) for ``load_intervention`` on an existing object."""
-        native.save_folder(self, os.fspath(save_directory), include_model)
+        native.save_folder(self, save_target(save_directory), include_model)
 
     def load_intervention(self, load_directory: str, include_model: bool = True, **hub_kwargs: Any) -> None:
         """Load saved weights into this object's interventions (and model); everything is checked first."""
         folder = resolve_folder(load_directory, **hub_kwargs)
-        if _check_folder(folder) == "reference":
+        kind, config, tensors = _read_folder(folder)
+        if kind == "reference":
             load_reference_into(self, folder, include_model)
         else:
-            config = native.read_config(folder)
-            tensors = native.read_tensors(folder, config)
             states = native.intervention_states(self, config, tensors)
             model_state = native.model_state(self, config, tensors) if include_model else None
             native.apply_states(self, config, states)

@@ -1,12 +1,10 @@
-"""Shared pieces of saving and loading: errors, JSON checks, atomic writes, tensor checks."""
+"""Shared pieces of saving and loading: errors, JSON checks, checksums, tensor checks."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -104,51 +102,6 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_folder(directory: str, write: Callable[[str], List[str]]) -> None:
-    """Write a saved folder so that an interruption never leaves one that loads half-written.
-
-    ``write(tmp)`` writes the files into a temporary sibling folder and returns
-    their names, the config file last. A new ``directory`` is created by one
-    rename. Into an existing folder (which may hold other files), each file is
-    moved in by ``os.replace`` with the config last; the config records the
-    tensors file's SHA-256, so a crash between the two moves is detected on load.
-    """
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise SerializationError(f"{directory!r} exists and is a file: give a folder path to save into.")
-    parent = os.path.dirname(directory) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-    try:
-        names = write(tmp)
-        for name in names:
-            with open(os.path.join(tmp, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        if not os.path.exists(directory):
-            os.rename(tmp, directory)
-            _fsync_dir(parent)
-            return
-        for name in names:  # config last: the commit point
-            os.replace(os.path.join(tmp, name), os.path.join(directory, name))
-        _fsync_dir(directory)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- tensors -----------------------------------------------------------------------

@@ -16,13 +16,13 @@ from ..config import REPRESENTATION_FIELDS, IntervenableConfig, RepresentationCo
 from ..errors import IntervenableError
 from ..interventions.base import Intervention, get_intervention_class, intervention_name
 from ..interventions.basic import LambdaIntervention
+from .atomic import atomic_write_folder, current_file
 from .common import (
     CONFIG_NAME,
     FORMAT_NAME,
     FORMAT_VERSION,
     TENSORS_NAME,
     SerializationError,
-    atomic_write_folder,
     check_model_params,
     check_state,
     expect,
@@ -241,7 +241,7 @@ def save_folder(pv_model: Any, directory: str, include_model: bool) -> None:
 # -- read and validate -------------------------------------------------------------------
 def read_config(directory: str) -> Dict[str, Any]:
     """Our JSON config, fully type-checked."""
-    data = read_json(os.path.join(directory, CONFIG_NAME))
+    data = read_json(current_file(directory, CONFIG_NAME))
     if data.get("format") != FORMAT_NAME:
         raise SerializationError(f"{CONFIG_NAME} in {directory!r} does not say format 'intervenable'; it is not ours.")
     version = data.get("format_version")
@@ -328,7 +328,7 @@ def read_tensors(directory: str, config: Dict[str, Any]) -> Dict[str, torch.Tens
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = os.path.join(directory, TENSORS_NAME)
+    path = current_file(directory, TENSORS_NAME)
     if not os.path.isfile(path):
         raise SerializationError(f"Missing file {path!r}: the folder is not a complete saved intervention.")
     if sha256_file(path) != config["tensors_sha256"]:
