@@ -257,3 +257,16 @@ def test_a_load_waits_for_a_save_that_is_running(tmp_path) -> None:
         assert reader.is_alive() and seen == []
     reader.join(30)
     assert seen == ["A"]
+
+
+def test_a_save_cleans_what_older_versions_left_beside_the_folder(tmp_path) -> None:
+    """Before 0.1.1 a killed save left a hidden '.NAME.tmp-*' folder beside the saved one."""
+    folder = tmp_path / "steer"
+    version("A").save(folder)
+    for leftover in (".steer.tmp-abc123", ".steer.tmp-zz"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / TENSORS_NAME).write_bytes(b"partial")
+    (tmp_path / ".other.tmp-1").mkdir()  # another folder's leftover: not ours to remove
+    version("B").save(folder)
+    assert sorted(os.listdir(tmp_path)) == [".other.tmp-1", "steer"]
+    assert loaded_version(str(folder)) == "B"

@@ -155,6 +155,12 @@ def _recover(folder: str) -> None:
         if entry.startswith(STAGING_PREFIX):
             shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
             after_step(f"removed {entry[: len(STAGING_PREFIX)]}*")
+    # Versions before 0.1.1 staged beside the folder, as ".NAME.tmp-*": a killed save left one behind.
+    parent, name = os.path.split(folder)
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(parent):
+            if entry.startswith(f".{name}.tmp-") and os.path.isdir(os.path.join(parent, entry)):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def _create_folder(folder: str) -> bool:
