@@ -7,7 +7,10 @@ engine only ever sees well-formed representations.
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from transformers import PretrainedConfig
 
 from .errors import ConfigError, closest
 
@@ -125,7 +128,7 @@ def _as_representation_list(representations: Any) -> List[RepresentationConfig]:
     return [RepresentationConfig.from_any(r).validate() for r in representations]
 
 
-class IntervenableConfig:
+class IntervenableConfig(PretrainedConfig):
     """A list of representations plus how to run them.
 
     ``representations``: one or a list of ``RepresentationConfig`` / dict /
@@ -134,6 +137,14 @@ class IntervenableConfig:
     representation. ``mode``: ``"parallel"`` (every group reads its source and
     all write into the base run) or ``"serial"`` (each group's intervened
     source feeds the next group).
+
+    As in the reference library it is a ``transformers.PretrainedConfig``
+    (``IntervenableModel.config`` is what the HF ``Trainer`` reads:
+    ``get_text_config``, ``to_dict``, ``to_json_string``, token ids it aligns).
+    Other keyword arguments become attributes; ``model_type``,
+    ``intervention_dimensions`` and ``intervention_constant_sources`` are the
+    reference's public fields, kept as given. ``to_dict`` describes classes,
+    instances and tensors by name: it is a summary for logs, not our save format.
     """
 
     def __init__(
@@ -142,6 +153,9 @@ class IntervenableConfig:
         intervention_types: Any = None,
         mode: str = "parallel",
         sorted_keys: Optional[List[str]] = None,
+        model_type: Any = None,
+        intervention_dimensions: Optional[List[Any]] = None,
+        intervention_constant_sources: Optional[List[Any]] = None,
         **kwargs: Any,
     ) -> None:
         self.representations: List[RepresentationConfig] = _as_representation_list(representations)
@@ -155,9 +169,26 @@ class IntervenableConfig:
             )
         self.intervention_types = intervention_types
         self.sorted_keys = sorted_keys
-        # Unknown keyword arguments are kept (the reference accepts arbitrary
-        # PretrainedConfig-style kwargs), but never interpreted.
-        self.extra = dict(kwargs)
+        self.model_type = model_type
+        self.intervention_dimensions = intervention_dimensions
+        self.intervention_constant_sources = intervention_constant_sources
+        super().__init__(**kwargs)  # unknown keyword arguments become attributes, never interpreted
+
+    # Plain object identity, as before this class was a PretrainedConfig (whose generated
+    # equality compares only the base fields, so any two configs would be "equal").
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # transformers 5 turns every PretrainedConfig subclass (pyreft's ReftConfig) into a dataclass,
+        # whose generated __eq__ would again compare only the base fields: keep identity unless the
+        # subclass defines its own.
+        own = {name: name in cls.__dict__ for name in ("__eq__", "__ne__", "__hash__")}
+        super().__init_subclass__(**kwargs)
+        for name, defined in own.items():
+            if not defined:
+                setattr(cls, name, getattr(object, name))
 
     def intervention_spec(self, index: int) -> Any:
         """The 'what' of representation ``index``: an instance, class, callable or None."""
@@ -175,9 +206,37 @@ class IntervenableConfig:
         """Append one or more representations."""
         self.representations.extend(_as_representation_list(representations))
 
+    def to_dict(self) -> Dict[str, Any]:
+        """``PretrainedConfig.to_dict`` with representations and types as JSON data (names for code)."""
+        described = object.__new__(type(self))
+        described.__dict__.update(self.__dict__)
+        described.__dict__.update(
+            representations=[{k: _describe(v) for k, v in r._asdict().items()} for r in self.representations],
+            intervention_types=_describe(self.intervention_types),
+            model_type=_describe(self.model_type),
+            sorted_keys=_describe(self.sorted_keys),
+        )
+        return PretrainedConfig.to_dict(described)
+
     def __repr__(self) -> str:
         reps = ",\n    ".join(repr(r) for r in self.representations)
-        return f"IntervenableConfig(mode={self.mode!r}, representations=[\n    {reps}\n])"
+        return f"{type(self).__name__}(mode={self.mode!r}, representations=[\n    {reps}\n])"
+
+    __str__ = __repr__
+
+
+def _describe(value: Any) -> Any:
+    """JSON data for ``to_dict``: classes, instances and functions by qualified name, tensors by shape."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return f"tensor(shape={list(value.shape)}, dtype={str(value.dtype).replace('torch.', '')})"
+    kind = value if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__") else type(value)
+    return f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', type(kind).__name__)}"
 
 
 def as_config(config: Any) -> IntervenableConfig:

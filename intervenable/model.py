@@ -143,6 +143,9 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         self.representations: "OrderedDict[str, RepresentationConfig]" = OrderedDict()
         self.sites: "OrderedDict[str, Site]" = OrderedDict()
         self._slots: List[Slot] = []
+        # key -> "link#<intervention_link_key>" for linked sites, as the reference names them
+        # (pyreft's print_trainable_parameters counts a linked intervention once through it).
+        self._intervention_reverse_link: Dict[str, str] = {}
         links: Dict[Any, nn.Module] = {}
         counter: Dict[str, int] = {}
         for i, rep in enumerate(self.config.representations):
@@ -155,6 +158,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                 intervention = build_intervention(self.config.intervention_spec(i), rep, site)
                 if rep.intervention_link_key is not None:
                     links[rep.intervention_link_key] = intervention
+            if rep.intervention_link_key is not None:
+                self._intervention_reverse_link[key] = f"link#{rep.intervention_link_key}"
             _place_on_site_device(intervention, site)
             slot = Slot(key, i, site, rep.unit, intervention, rep, Capabilities.of(intervention))
             if not site.writable and not slot.is_collect:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Dict, List
 
 import pytest
@@ -13,6 +14,7 @@ import intervenable as pv
 from io_models import WIDTH, tiny_gpt2
 from intervenable.io import CONFIG_NAME, TENSORS_NAME, SerializationError
 from intervenable.io.common import sha256_file
+from intervenable.interventions.registry import _REGISTRY
 
 BASE = {"input_ids": torch.tensor([[3, 14, 15, 9, 2], [6, 5, 3, 5, 8]])}
 SOURCE = {"input_ids": torch.tensor([[2, 7, 18, 28, 1], [8, 2, 8, 4, 5]])}
@@ -185,6 +187,30 @@ def test_custom_intervention_with_config_dict(tmp_path) -> None:
     assert_same_outputs(saved, loaded)
 
 
+class HalfSteer(pv.ConstantSourceIntervention):
+    """Passes its own setting on to the base (as pyreft's classes pass keep_last_dim=True)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs, keep_last_dim=True)
+        self.factor = torch.nn.Linear(int(kwargs["embed_dim"]), 1, dtype=kwargs.get("dtype", torch.float32))
+
+    def forward(self, base, source=None, subspaces=None, **kwargs):
+        return base * self.factor(base.to(self.factor.weight.dtype)).to(base.dtype)
+
+
+def test_saved_arguments_are_the_outermost_constructors(tmp_path) -> None:
+    steer = HalfSteer(embed_dim=WIDTH, dtype=torch.float64, note="mine")
+    assert steer.keep_last_dim and steer.init_kwargs == {"dtype": torch.float64, "note": "mine"}
+    saved = pv.IntervenableModel({"layer": 1, "component": "block_output", "intervention": steer}, tiny_gpt2())
+    saved.save(tmp_path / "half")
+    entry = json.loads((tmp_path / "half" / CONFIG_NAME).read_text())["interventions"][saved.sorted_keys[0]]
+    assert entry["type"] == f"{__name__}.HalfSteer"
+    assert entry["init_kwargs"] == {"embed_dim": WIDTH, "dtype": {"torch.dtype": "float64"}, "note": "mine"}
+    loaded = pv.IntervenableModel.load(str(tmp_path / "half"), tiny_gpt2())
+    assert loaded.interventions[saved.sorted_keys[0]].factor.weight.dtype == torch.float64
+    assert_same_outputs(saved, loaded)
+
+
 def test_save_and_load_intervention_update_an_existing_object(tmp_path) -> None:
     rotated = pv.get_intervention_class("LowRankRotatedSpaceIntervention")
     rep = {"layer": 1, "component": "block_output", "intervention_type": rotated, "low_rank_dimension": 2}
@@ -212,19 +238,72 @@ class Unregistered(pv.ZeroIntervention):
     pass
 
 
-def test_unregistered_types_fail_on_save_and_load(tmp_path) -> None:
+def test_importable_unregistered_types_save_by_module_qualified_name(tmp_path) -> None:
     pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention": Unregistered()}, tiny_gpt2())
-    with pytest.raises(SerializationError, match=r"pv.register_intervention\('Unregistered', Unregistered\)"):
-        pv_model.save(tmp_path / "x")
+    pv_model.save(tmp_path / "x")
+    key = pv_model.sorted_keys[0]
+    entry = json.loads((tmp_path / "x" / CONFIG_NAME).read_text())["interventions"][key]
+    assert entry["type"] == f"{Unregistered.__module__}.Unregistered"
+    loaded = pv.IntervenableModel.load(str(tmp_path / "x"), tiny_gpt2())
+    assert type(loaded.interventions[key]) is Unregistered
+    assert_same_outputs(pv_model, loaded)
+
+
+def _saved_with_type(tmp_path, type_name: str) -> str:
     saved = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": pv.ZeroIntervention},
                                  tiny_gpt2())
     saved.save(tmp_path / "zero")
     path = tmp_path / "zero" / CONFIG_NAME
     config = json.loads(path.read_text())
-    config["interventions"][saved.sorted_keys[0]]["type"] = "SomeoneElsesIntervention"
+    config["interventions"][saved.sorted_keys[0]]["type"] = type_name
     path.write_text(json.dumps(config))
+    return str(tmp_path / "zero")
+
+
+def test_local_types_fail_on_save_and_unknown_names_on_load(tmp_path) -> None:
+    class Local(pv.ZeroIntervention):
+        pass
+
+    pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention": Local()}, tiny_gpt2())
+    with pytest.raises(SerializationError, match=r"inside a function.*pv.register_intervention\('Local', Local\)"):
+        pv_model.save(tmp_path / "x")
     with pytest.raises(pv.ConfigError, match=r"pv.register_intervention\('SomeoneElsesIntervention'"):
-        pv.IntervenableModel.load(str(tmp_path / "zero"), tiny_gpt2())
+        pv.IntervenableModel.load(_saved_with_type(tmp_path, "SomeoneElsesIntervention"), tiny_gpt2())
+
+
+class PlainModule(torch.nn.Module):
+    def forward(self, base, source=None, subspaces=None):
+        return base * 0
+
+
+def test_plain_modules_must_be_registered(tmp_path) -> None:
+    pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention": PlainModule()}, tiny_gpt2())
+    with pytest.raises(SerializationError, match=r"plain nn.Module.*pv.register_intervention\('PlainModule', PlainModule\)"):
+        pv_model.save(tmp_path / "x")
+
+
+@pytest.mark.parametrize("name", ["someones_package.steering.SteerIntervention", "subprocess.Popen",
+                                  "collections.OrderedDict", "torch.nn.modules.linear.Linear",
+                                  f"{__name__}.PlainModule", f"{__name__}.Unregistered.forward"])
+def test_qualified_names_resolve_only_to_loaded_intervention_classes(name: str, tmp_path) -> None:
+    """Nothing a file names is imported, and only pv.Intervention subclasses already loaded are found."""
+    with pytest.raises(pv.ConfigError, match=rf"No intervention class '{name}' is imported.*import {name.split('.')[0]}"):
+        pv.IntervenableModel.load(_saved_with_type(tmp_path, name), tiny_gpt2())
+    assert "someones_package" not in sys.modules
+
+
+def test_qualified_names_can_be_registered_beside_short_ones() -> None:
+    class LoreftIntervention(pv.ZeroIntervention):  # another library's class with our class's name
+        pass
+
+    with pytest.raises(pv.ConfigError, match=r"already registered.*module-qualified name"):
+        pv.register_intervention("LoreftIntervention", LoreftIntervention)
+    try:
+        assert pv.register_intervention("tests_io.LoreftIntervention", LoreftIntervention) is LoreftIntervention
+        assert pv.get_intervention_class("tests_io.LoreftIntervention") is LoreftIntervention
+        assert pv.get_intervention_class("LoreftIntervention") is pv.LoreftIntervention
+    finally:
+        _REGISTRY.pop("tests_io.LoreftIntervention", None)
 
 
 # -- bad input: clear error, nothing loaded ------------------------------------------------
@@ -309,6 +388,16 @@ def test_tensor_list_must_match_the_config(saved_dir) -> None:
     save_file(tensors, str(path))
     edit_config(saved_dir, lambda c: c.update(tensors_sha256=sha256_file(str(path))))
     load_fails(saved_dir, "disagree")
+
+
+def test_the_config_is_config_json_and_old_folders_still_load(saved_dir) -> None:
+    """Our config has the reference's file name; the loader tells the formats apart by content."""
+    assert sorted(os.listdir(saved_dir)) == ["config.json", TENSORS_NAME]
+    assert json.loads((saved_dir / "config.json").read_text())["format"] == "intervenable"
+    expected = outputs(pv.IntervenableModel.load(str(saved_dir), tiny_gpt2()))
+    os.rename(saved_dir / "config.json", saved_dir / "intervenable_config.json")  # a folder saved before the rename
+    for got, want in zip(outputs(pv.IntervenableModel.load(str(saved_dir), tiny_gpt2())), expected, strict=True):
+        assert torch.equal(got, want)
 
 
 def test_a_folder_that_is_not_a_saved_intervention(tmp_path) -> None:

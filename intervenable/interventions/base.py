@@ -49,14 +49,24 @@ convert a reference-library state dict).
 """
 from __future__ import annotations
 
+import inspect
+import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..config import REPRESENTATION_FIELDS
-from ..errors import ConfigError, ShapeError, closest
+from ..errors import ShapeError
+from .registry import (  # noqa: F401  re-exported: the registry used to live here
+    get_intervention_class,
+    intervention_name,
+    register_intervention,
+    registered_interventions,
+    resolve_subclasses_of,
+    saved_type_name,
+)
 
 _DERIVED_KWARGS = frozenset(REPRESENTATION_FIELDS) | {"embed_dim", "use_fast"}
 
@@ -116,6 +126,37 @@ def expand_partition(partition: Optional[Sequence[Any]]) -> Optional[List[List[i
     return out
 
 
+#: per instance under construction, the (args, kwargs) of its outermost constructor call
+_CONSTRUCTOR_CALLS: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, dict]]" = weakref.WeakKeyDictionary()
+
+
+def outermost_kwargs(module: nn.Module, fallback: Dict[str, Any]) -> Dict[str, Any]:
+    """The keyword arguments of ``module``'s outermost constructor call (positional ones named by
+    its signature); ``fallback`` when the call was not recorded."""
+    try:
+        call = _CONSTRUCTOR_CALLS.pop(module, None)
+    except TypeError:
+        call = None
+    if call is None:
+        return dict(fallback)
+    args, kwargs = call
+    if not args:
+        return dict(kwargs)
+    try:
+        bound = inspect.signature(type(module).__init__).bind(module, *args, **kwargs)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    out: Dict[str, Any] = {}
+    for name, param in list(bound.signature.parameters.items())[1:]:
+        if name not in bound.arguments:
+            continue
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(bound.arguments[name])
+        elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[name] = bound.arguments[name]
+    return out
+
+
 class Intervention(nn.Module):
     """Base of every intervention. Accepts the reference's keyword arguments.
 
@@ -131,12 +172,24 @@ class Intervention(nn.Module):
     #: True for interventions whose output is collected, not written back
     collects: bool = False
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Intervention":
+        self = super().__new__(cls)
+        try:
+            _CONSTRUCTOR_CALLS[self] = (args, kwargs)  # what the caller passed to the outermost constructor
+        except TypeError:  # a subclass made itself unhashable: its base-level arguments are used
+            pass
+        return self
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         # Constructor arguments, kept so that a saved intervention is rebuilt with the same
-        # settings (io keeps the JSON-able ones; tensors are saved as tensors).
-        # The representation's fields and the width are derived from the model when rebuilt.
-        self.init_kwargs = {k: v for k, v in kwargs.items() if k not in _DERIVED_KWARGS}
+        # settings (io keeps the JSON-able ones; tensors are saved as tensors). They are what the
+        # caller passed to the outermost constructor, not what a subclass passes on to this base
+        # (pyreft's classes add keep_last_dim=True, which a rebuild must not pass twice).
+        # ``init_kwargs`` leaves out the representation's fields and the width, which the engine
+        # derives from the model when it builds the class itself.
+        self.__dict__["_constructor_kwargs"] = outermost_kwargs(self, kwargs)
+        self.init_kwargs = {k: v for k, v in self._constructor_kwargs.items() if k not in _DERIVED_KWARGS}
         self.trainable = False
         self.is_source_constant = False
         self.keep_last_dim = bool(kwargs.get("keep_last_dim", False))
@@ -184,6 +237,9 @@ class Intervention(nn.Module):
         if index == 0:
             return self
         raise IndexError("an intervention is not a sequence; interventions[key] is the intervention itself")
+
+
+resolve_subclasses_of(Intervention)  # third-party interventions are saved by module-qualified name
 
 
 class TrainableIntervention(Intervention):
@@ -302,55 +358,3 @@ def swap(
     if interchange_dim is None or interchange_dim >= width:
         return new
     return torch.cat([new[..., :interchange_dim], base[..., interchange_dim:]], dim=-1)
-
-
-# -- the registry of intervention types by name --------------------------------
-_REGISTRY: Dict[str, Type[nn.Module]] = {}
-
-
-def register_intervention(name: Any = None, cls: Optional[Type[nn.Module]] = None):
-    """Register an intervention class under a name (saved files refer to names).
-
-    ``register_intervention("MyIntervention", MyIntervention)``, or as a decorator:
-    ``@register_intervention`` / ``@register_intervention("MyName")``.
-    """
-    if isinstance(name, type) and cls is None:  # bare decorator
-        return register_intervention(name.__name__, name)
-    if cls is None:
-        return lambda c: register_intervention(name or c.__name__, c)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ConfigError(f"Only nn.Module subclasses can be registered as interventions; got {cls!r}.")
-    existing = _REGISTRY.get(name)
-    if existing is not None and existing is not cls:
-        raise ConfigError(
-            f"An intervention named {name!r} is already registered ({existing.__module__}.{existing.__qualname__}); "
-            "pick another name."
-        )
-    _REGISTRY[name] = cls
-    return cls
-
-
-def get_intervention_class(name: str) -> Type[nn.Module]:
-    """The class registered under ``name``; a clear error says how to register it."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        hint = closest(name, _REGISTRY)
-        raise ConfigError(
-            f"No intervention type named {name!r} is registered.{hint} If it is your own class, "
-            f"register it before loading: pv.register_intervention({name!r}, {name})."
-        ) from None
-
-
-def intervention_name(obj: Any) -> Optional[str]:
-    """The registered name of an intervention class or instance, or None."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    for name, registered in _REGISTRY.items():
-        if registered is cls:
-            return name
-    return None
-
-
-def registered_interventions() -> Dict[str, Type[nn.Module]]:
-    return dict(_REGISTRY)
-

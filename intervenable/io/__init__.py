@@ -1,9 +1,11 @@
 """Saving, loading and sharing interventions (mixed into ``IntervenableModel``).
 
-``pv_model.save(dir)`` writes ``intervenable_config.json`` (data only) and
+``pv_model.save(dir)`` writes ``config.json`` (our JSON, data only) and
 ``interventions.safetensors``; ``IntervenableModel.load(dir_or_repo_id, model)``
 rebuilds an equal model. Folders saved by the reference library (``config.json``
-+ ``intkey_*.bin``) load too, without unpickling code. See docs/saving.md.
++ ``intkey_*.bin``, told from ours by content) load too, without unpickling
+code, and so do our folders from before the rename (``intervenable_config.json``).
+See docs/saving.md.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from . import native
-from .atomic import current_file, folder_lock, interrupted, save_target
+from .atomic import folder_lock, interrupted, save_target
 from .common import (
     CONFIG_NAME,
     FORMAT_VERSION,
@@ -52,7 +54,7 @@ def resolve_folder(
 
 def _check_folder(folder: str) -> str:
     """'native' or 'reference'; a clear error for anything else."""
-    if os.path.isfile(current_file(folder, CONFIG_NAME)):
+    if native.config_path(folder) is not None:
         return "native"
     if is_reference_folder(folder):
         return "reference"
@@ -62,8 +64,8 @@ def _check_folder(folder: str) -> str:
             "finished. Save the model again."
         )
     raise SerializationError(
-        f"{folder!r} is not a saved intervention: it has neither {CONFIG_NAME} (intervenable) nor config.json + "
-        "intkey_*.bin (the reference library). Give the folder that save() wrote."
+        f"{folder!r} is not a saved intervention: it has no {CONFIG_NAME} (intervenable's, or the reference "
+        "library's with intkey_*.bin). Give the folder that save() wrote."
     )
 
 

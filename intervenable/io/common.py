@@ -11,8 +11,10 @@ from torch import nn
 
 from ..errors import IntervenableError
 
-#: files of our own format
-CONFIG_NAME = "intervenable_config.json"
+#: files of our own format (the config has the reference's file name; its content says which format it is)
+CONFIG_NAME = "config.json"
+#: the config's name in folders saved by intervenable before it took the reference's name; still loaded
+LEGACY_CONFIG_NAME = "intervenable_config.json"
 TENSORS_NAME = "interventions.safetensors"
 FORMAT_NAME = "intervenable"
 FORMAT_VERSION = 1
@@ -20,7 +22,7 @@ FORMAT_VERSION = 1
 REFERENCE_CONFIG_NAME = "config.json"
 REFERENCE_MODEL_NAME = "pytorch_model.bin"
 #: everything a saved folder may hold (what hub uploads and downloads fetch)
-SAVED_FILE_PATTERNS = [CONFIG_NAME, TENSORS_NAME, REFERENCE_CONFIG_NAME, "intkey_*.bin", REFERENCE_MODEL_NAME]
+SAVED_FILE_PATTERNS = [CONFIG_NAME, LEGACY_CONFIG_NAME, TENSORS_NAME, "intkey_*.bin", REFERENCE_MODEL_NAME]
 
 
 class SerializationError(IntervenableError, ValueError):

@@ -1,7 +1,8 @@
-"""Our on-disk format: ``intervenable_config.json`` + ``interventions.safetensors``.
+"""Our on-disk format: ``config.json`` + ``interventions.safetensors``.
 
 See docs/saving.md for the schema. Loading reads data only: intervention types
-are looked up by name in the registry, never imported from a path.
+are looked up by name in the registry or among classes already imported (by
+module-qualified name), never imported from a path.
 """
 from __future__ import annotations
 
@@ -14,19 +15,19 @@ from torch import nn
 
 from ..config import REPRESENTATION_FIELDS, IntervenableConfig, RepresentationConfig
 from ..errors import IntervenableError
-from ..interventions.base import Intervention, get_intervention_class, intervention_name
+from ..interventions.base import Intervention, get_intervention_class, saved_type_name
 from ..interventions.basic import LambdaIntervention
 from .atomic import atomic_write_folder, current_file
 from .common import (
     CONFIG_NAME,
     FORMAT_NAME,
+    LEGACY_CONFIG_NAME,
     FORMAT_VERSION,
     TENSORS_NAME,
     SerializationError,
     check_model_params,
     check_state,
     expect,
-    is_jsonable,
     jsonable,
     library_version,
     load_module_state,
@@ -35,6 +36,15 @@ from .common import (
     sha256_file,
     storable,
 )
+from .protocol import (
+    decode_value,
+    dim_of,
+    init_kwargs_of,
+    init_tensors_of,
+    plain_attributes,
+    restore_attributes,
+    set_dims,
+)
 
 TOP_FIELDS = (
     "format", "format_version", "library_version", "mode", "sorted_keys", "representations",
@@ -42,8 +52,6 @@ TOP_FIELDS = (
 )
 ENTRY_FIELDS = ("type", "built_from", "init_kwargs", "init_tensors", "attributes", "embed_dim", "interchange_dim",
                 "constant_source", "shared_with", "tensors")
-#: instance attributes never saved or restored as plain data
-_SKIP_ATTRIBUTES = {"training", "source_representation", "embed_dim", "interchange_dim"}
 _SOURCE = "source_representation"
 
 
@@ -56,81 +64,6 @@ def model_tensor_name(name: str) -> str:
     return f"model/{name}"
 
 
-# -- the data-only protocol ------------------------------------------------------------
-def init_kwargs_of(module: nn.Module, where: str) -> Dict[str, Any]:
-    """Constructor kwargs beyond the representation.
-
-    ``config_dict()`` (every value must be JSON data), else the JSON-able items
-    of an ``init_kwargs`` dict attribute, else none.
-    """
-    if callable(getattr(module, "config_dict", None)):
-        kwargs = module.config_dict()
-        if not isinstance(kwargs, dict):
-            raise SerializationError(f"{where}: config_dict() must return a dict of constructor arguments.")
-        return jsonable(kwargs, f"{where}: config_dict() value")
-    kwargs = getattr(module, "init_kwargs", None)
-    if not isinstance(kwargs, dict):
-        return {}
-    return {k: jsonable(v, k) for k, v in kwargs.items() if isinstance(k, str) and is_jsonable(v)}
-
-
-def init_tensors_of(module: nn.Module) -> List[str]:
-    """Saved tensors passed back to the constructor as kwargs of the same name.
-
-    The class attribute ``init_tensors`` (names in its ``state_dict``) when
-    defined, else the module's own top-level buffers (data given at construction,
-    such as a PCA basis), except ``source_representation``.
-    """
-    declared = getattr(type(module), "init_tensors", None)
-    if declared is not None:
-        return [str(n) for n in declared]
-    return sorted(n for n, b in module._buffers.items() if b is not None and n != _SOURCE and n in module.state_dict())
-
-
-def plain_attributes(module: nn.Module) -> Dict[str, Any]:
-    """Public instance attributes holding JSON data (seeds, temperatures, partitions, flags)."""
-    out: Dict[str, Any] = {}
-    for name, value in vars(module).items():
-        if name.startswith("_") or name in _SKIP_ATTRIBUTES or not is_jsonable(value):
-            continue
-        out[name] = jsonable(value, name)
-    return out
-
-
-def restore_attributes(module: nn.Module, attributes: Dict[str, Any]) -> None:
-    """Set saved data attributes that the fresh instance also has as plain data of the same kind."""
-    current = vars(module)
-    for name, value in attributes.items():
-        if name not in current or name in _SKIP_ATTRIBUTES or name.startswith("_"):
-            continue
-        old = current[name]
-        if isinstance(old, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if old is None or value is None or type(old) is type(value) or (
-            isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool)
-        ):
-            if old is not None and isinstance(old, float):
-                value = float(value)
-            setattr(module, name, value)
-
-
-def _set_dims(module: nn.Module, embed_dim: Any, interchange_dim: Any) -> None:
-    if embed_dim is not None and "embed_dim" in vars(module):
-        module.embed_dim = embed_dim
-    if interchange_dim is not None:
-        if callable(getattr(module, "set_interchange_dim", None)):
-            module.set_interchange_dim(interchange_dim)
-        elif "interchange_dim" in vars(module):
-            module.interchange_dim = interchange_dim
-
-
-def _dim(module: nn.Module, name: str) -> Optional[int]:
-    value = getattr(module, name, None)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = int(value.item())
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 # -- save --------------------------------------------------------------------------------
 def _type_name(module: nn.Module, key: str) -> str:
     if isinstance(module, LambdaIntervention):
@@ -139,12 +72,14 @@ def _type_name(module: nn.Module, key: str) -> str:
             "data, not code. Write it as an Intervention subclass and register it with "
             "pv.register_intervention('Name', Class)."
         )
-    name = intervention_name(module)
+    name = saved_type_name(module)
     if name is None:
         cls = type(module).__name__
+        why = ("defined inside a function" if isinstance(module, Intervention)
+               else "a plain nn.Module (only pv.Intervention subclasses are found by module-qualified name)")
         raise SerializationError(
-            f"Intervention {key} is a {cls}, which is not registered, so a saved file could not name it. "
-            f"Register it first: pv.register_intervention({cls!r}, {cls})."
+            f"Intervention {key} is a {cls}, {why}, so a saved file could not name it. Register it: "
+            f"pv.register_intervention({cls!r}, {cls}), or define it at module level as a pv.Intervention subclass."
         )
     return name
 
@@ -156,11 +91,12 @@ def _representation_json(rep: RepresentationConfig, key: str) -> Dict[str, Any]:
         if field in ("intervention", _SOURCE):
             value = None  # stored with the intervention entry and the tensors
         elif field == "intervention_type" and value is not None:
-            value = value if isinstance(value, str) else intervention_name(value)
+            value = value if isinstance(value, str) else saved_type_name(value)
             if value is None:
                 raise SerializationError(
-                    f"{key}: intervention_type {rep.intervention_type!r} is not registered; register it with "
-                    "pv.register_intervention(name, cls) before saving."
+                    f"{key}: intervention_type {rep.intervention_type!r} has no name a saved file could use; "
+                    "register it with pv.register_intervention(name, cls), or define it at module level as a "
+                    "pv.Intervention subclass."
                 )
         elif field == "hidden_source_representation" and isinstance(value, torch.Tensor):
             value = True
@@ -185,14 +121,15 @@ def build_payload(pv_model: Any, include_model: bool) -> Tuple[Dict[str, Any], D
             tensors[tensor_name(key, n)] = storable(t)
         first_key.setdefault(id(module), key)
         source = getattr(module, _SOURCE, None)
+        built_from = "instance" if rep.intervention is not None else "type"
         entries[key] = {
             "type": name,
-            "built_from": "instance" if rep.intervention is not None else "type",
-            "init_kwargs": init_kwargs_of(module, key),
+            "built_from": built_from,
+            "init_kwargs": init_kwargs_of(module, key, built_from),
             "init_tensors": init_tensors_of(module) if rep.intervention is not None else [],
             "attributes": plain_attributes(module),
-            "embed_dim": _dim(module, "embed_dim"),
-            "interchange_dim": _dim(module, "interchange_dim"),
+            "embed_dim": dim_of(module, "embed_dim"),
+            "interchange_dim": dim_of(module, "interchange_dim"),
             "constant_source": isinstance(source, torch.Tensor),
             "shared_with": shared,
             "tensors": sorted(state),
@@ -239,9 +176,28 @@ def save_folder(pv_model: Any, directory: str, include_model: bool) -> None:
 
 
 # -- read and validate -------------------------------------------------------------------
+def _is_ours(path: str) -> bool:
+    """Whether a ``config.json`` was written by us (the reference's has no 'format' / 'interventions')."""
+    try:
+        data = read_json(path)
+    except SerializationError:
+        return False
+    return data.get("format") == FORMAT_NAME or ("format_version" in data and "interventions" in data)
+
+
+def config_path(directory: str) -> Optional[str]:
+    """Our config file in ``directory``: ``config.json`` when its content is ours, else the old
+    ``intervenable_config.json``; None when the folder holds neither (it may be the reference's)."""
+    path = current_file(directory, CONFIG_NAME)  # the reading rule of io/atomic.py
+    if os.path.isfile(path) and _is_ours(path):
+        return path
+    legacy = current_file(directory, LEGACY_CONFIG_NAME)
+    return legacy if os.path.isfile(legacy) else None
+
+
 def read_config(directory: str) -> Dict[str, Any]:
     """Our JSON config, fully type-checked."""
-    data = read_json(current_file(directory, CONFIG_NAME))
+    data = read_json(config_path(directory) or current_file(directory, CONFIG_NAME))
     if data.get("format") != FORMAT_NAME:
         raise SerializationError(f"{CONFIG_NAME} in {directory!r} does not say format 'intervenable'; it is not ours.")
     version = data.get("format_version")
@@ -355,13 +311,16 @@ def _instance(cls: type, rep: RepresentationConfig, entry: Dict[str, Any], key: 
     kwargs = {k: v for k, v in rep._asdict().items() if k not in ("intervention", "intervention_type")}
     if entry["embed_dim"] is not None:
         kwargs["embed_dim"] = entry["embed_dim"]
-    kwargs.update(entry["init_kwargs"])
+    kwargs.update(decode_value(entry["init_kwargs"], f"interventions[{key!r}].init_kwargs"))
     kwargs.update({name: tensors[tensor_name(key, name)] for name in entry["init_tensors"]})
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, KeyError) as exc:
         if issubclass(cls, Intervention) or entry["init_kwargs"] or entry["init_tensors"]:
-            raise SerializationError(f"Cannot rebuild {cls.__name__} from its saved arguments: {exc}.") from None
+            raise SerializationError(
+                f"Cannot rebuild {cls.__name__} from its saved arguments ({type(exc).__name__}: {exc}). Give the "
+                "class a config_dict() returning the constructor arguments it needs (see docs/saving.md)."
+            ) from None
         return cls()
     except IntervenableError as exc:
         raise SerializationError(
@@ -411,7 +370,7 @@ def intervention_states(pv_model: Any, config: Dict[str, Any], tensors: Dict[str
     for key in config["sorted_keys"]:
         entry = config["interventions"][key]
         module = pv_model.interventions[key]
-        if (intervention_name(module) or type(module).__name__) != entry["type"]:
+        if (saved_type_name(module) or type(module).__name__) != entry["type"]:
             raise SerializationError(f"{key}: the file holds a {entry['type']}, this model a {type(module).__name__}.")
         if entry["shared_with"] is not None:
             if module is not pv_model.interventions[entry["shared_with"]]:
@@ -449,7 +408,7 @@ def apply_states(pv_model: Any, config: Dict[str, Any], states: Dict[str, Dict[s
         module = pv_model.interventions[key]
         entry = config["interventions"][key]
         restore_attributes(module, entry["attributes"])
-        _set_dims(module, entry["embed_dim"], entry["interchange_dim"])
+        set_dims(module, entry["embed_dim"], entry["interchange_dim"])
         load_module_state(module, state)
 
 

@@ -1,8 +1,9 @@
 """Reading folders saved by the reference library (pyvene): ``config.json`` + ``intkey_<key>.bin``.
 
 Class names such as ``"<class 'pyvene.models.interventions.AdditionIntervention'>"``
-are reduced to their last part and looked up in our registry; nothing is
-imported. ``.bin`` files are read with ``torch.load(weights_only=True)``, which
+resolve to the class of that module-qualified name when it is registered or
+already imported (pyreft's classes, after ``import pyreft``), else by their
+last part in our registry; nothing is imported. ``.bin`` files are read with ``torch.load(weights_only=True)``, which
 refuses any pickle that would construct objects other than tensors and plain
 containers, so loading never runs code from a file.
 """
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import REPRESENTATION_FIELDS, IntervenableConfig, RepresentationConfig
-from ..errors import IntervenableError
+from ..errors import ConfigError, IntervenableError
 from ..interventions.base import get_intervention_class
 from .common import (
     REFERENCE_CONFIG_NAME,
@@ -30,7 +31,8 @@ from .common import (
     load_module_state,
     read_json,
 )
-from .native import _check_representation, _set_dims, check_source_width
+from .native import _check_representation, check_source_width, config_path
+from .protocol import set_dims
 
 _CLASS_STRING = re.compile(r"^(?:<class ')?([A-Za-z_][\w.]*)(?:'>)?$")
 _REFERENCE_ONLY_BUFFERS = ("embed_dim", "interchange_dim")
@@ -38,16 +40,27 @@ _SOURCE = "source_representation"
 
 
 def is_reference_folder(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, REFERENCE_CONFIG_NAME))
+    """A ``config.json`` that is not ours (see ``native.config_path``) is read as the reference's."""
+    return os.path.isfile(os.path.join(directory, REFERENCE_CONFIG_NAME)) and config_path(directory) is None
 
 
 def class_name(type_string: Any, where: str) -> str:
-    """``"<class 'pkg.mod.Name'>"`` (or ``"pkg.mod.Name"``) -> ``"Name"``; never imported."""
+    """``"<class 'pkg.mod.Name'>"`` (or ``"pkg.mod.Name"``) -> ``"pkg.mod.Name"``; never imported."""
     expect(type_string, (str,), where)
     match = _CLASS_STRING.match(type_string.strip())
     if match is None:
         raise SerializationError(f"{where}: {type_string!r} is not a class name such as \"<class 'pkg.Name'>\".")
-    return match.group(1).rsplit(".", 1)[-1]
+    return match.group(1)
+
+
+def reference_class(name: str) -> type:
+    """The class of module-qualified ``name`` if registered or already imported, else ours by its last part."""
+    try:
+        return get_intervention_class(name)
+    except ConfigError:
+        if "." not in name:
+            raise
+        return get_intervention_class(name.rsplit(".", 1)[-1])
 
 
 def safe_torch_load(path: str) -> Dict[str, torch.Tensor]:
@@ -123,7 +136,7 @@ def load_reference(
 ) -> Any:
     """A new intervenable model from a reference-format folder."""
     info = read_reference_config(directory)
-    classes = [get_intervention_class(name) for name in info["types"]]
+    classes = [reference_class(name) for name in info["types"]]
     keys: Optional[List[str]] = info["sorted_keys"]
     files: List[Optional[Dict[str, torch.Tensor]]] = []
     reps: List[RepresentationConfig] = []
@@ -189,7 +202,7 @@ def apply_reference(pv_model: Any, info: Dict[str, Any], keys: List[str], files:
     checked = reference_states(pv_model, info, keys, files, directory)
     for i, (key, state) in enumerate(checked):
         module = pv_model.interventions[key]
-        _set_dims(module, None, info["dims"][i])
+        set_dims(module, None, info["dims"][i])
         if state is not None:
             load_module_state(module, state)
 
