@@ -26,7 +26,7 @@ class ComponentError(IntervenableError, KeyError):
 
 
 class LocationError(IntervenableError, IndexError):
-    """A unit location (position, head) is malformed or out of range."""
+    """A unit location (position, head) or subspace dimension is malformed or out of range."""
 
 
 class ShapeError(IntervenableError, ValueError):
