@@ -79,7 +79,7 @@ def repeat_rows(inputs: Any, rows: int) -> Any:
 
     def one(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 1:
-            return value.expand(rows, *value.shape[1:])
+            return value.expand(rows, *value.shape[1:]).contiguous()  # some models flatten with .view
         return value
 
     if isinstance(inputs, Mapping):

@@ -51,6 +51,13 @@ _TEXT_KEYS = frozenset({
     "past_key_values", "cache_position", "use_cache", "output_attentions", "output_hidden_states", "return_dict",
 })
 
+#: abstract components that are [batch, positions, ...] (head views [batch, heads, positions, ...])
+_SEQUENCE_COMPONENTS = frozenset(
+    {"block_input", "block_output", "attention_input", "attention_output", "attention_value_output",
+     "attention_weight", "query_output", "key_output", "value_output", "mlp_input", "mlp_output", "mlp_activation"}
+    | {f"head_{name}_output" for name in ("query", "key", "value", "attention_value")}
+)
+
 
 def at_call_site(method: F) -> F:
     """Re-raise our errors from the public call, without the frames of torch's hooks under it."""
@@ -160,14 +167,24 @@ def sequence_length(inputs: Any) -> Optional[int]:
 
 
 def _positions_follow_input(model: nn.Module, slot: "Slot") -> bool:
-    """True where a site's position axis is certainly the input's sequence."""
+    """True where a site's position axis is certainly the input's sequence.
+
+    Only abstract components of the registered transformer families that are
+    ``[batch, positions, ...]`` everywhere; not the built-in MLP / GRU (2-D cells,
+    where ``pos`` indexes neurons), experts and routers (tokens flattened), OPT's
+    MLP (flattened, see sites/archs/opt.py), raw module paths or encoder-decoders.
+    """
     config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    component = slot.site.component
     return (
         is_transformers_model(model)
         and not getattr(config, "is_encoder_decoder", False)
-        and slot.unit != "t"
+        and model_type not in ("mlp", "gru")
+        and slot.unit in ("pos", "h.pos")
         and slot.representation.moe_key is None
-        and "." not in slot.site.component and "[" not in slot.site.component  # abstract components only
+        and component in _SEQUENCE_COMPONENTS
+        and not (model_type == "opt" and component.startswith("mlp_"))
     )
 
 

@@ -273,3 +273,28 @@ def test_a_one_dimensional_input_asks_for_a_batch_dimension():
                           lambda: pv_model(BASE[:1], [one_d]))
     with pytest.raises(pv.InputError, match="add a batch dimension"):
         pv_model.generate({"input_ids": one_d}, max_new_tokens=1)
+
+
+def test_positions_are_not_bounded_by_the_sequence_where_they_index_something_else():
+    # On the built-in GRU's 2-D cells, unit "pos" indexes neurons: neuron 10 of 16 with a 5-token input is valid.
+    from intervenable.models import GRUConfig, create_gru_lm
+
+    torch.manual_seed(0)
+    _, _, gru = create_gru_lm(GRUConfig(h_dim=16, n_layer=2, include_emb=True, vocab_size=20))
+    gru.eval()
+    tokens = torch.randint(0, 20, (2, 5))
+
+    def zero_neuron_10(module, args, output):
+        output = output.clone()
+        output[:, 10] = 0
+        return output
+
+    handle = gru.gru.cells[0].register_forward_hook(zero_neuron_10)
+    try:
+        with torch.no_grad():
+            expected = gru(input_ids=tokens).logits
+    finally:
+        handle.remove()
+    pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention": pv.ZeroIntervention}, gru)
+    _, out = pv_model({"input_ids": tokens}, unit_locations={"base": 10})
+    assert torch.allclose(out.logits, expected, atol=1e-6)
