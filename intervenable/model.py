@@ -160,7 +160,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                 intervention = links[rep.intervention_link_key]
             else:
                 intervention = build_intervention(self.config.intervention_spec(i), rep, site)
-                check_partition(intervention, site, key)
+                check_partition(intervention, model, site, key)
                 if rep.intervention_link_key is not None:
                     links[rep.intervention_link_key] = intervention
             _place_on_site_device(intervention, site)

@@ -31,6 +31,7 @@ from .interventions.basic import (
     positional_arity,
     takes_base_and_source,
 )
+from .sites.registry import find_architecture
 from .sites.site import Site
 from .units import Units, _check, normalise_parallel, normalise_serial, normalise_subspaces
 
@@ -70,6 +71,16 @@ def at_call_site(method: F) -> F:
             raise exc.with_traceback(None)  # the message names the site; the frames inside torch do not help
 
     return wrapper  # type: ignore[return-value]
+
+
+def from_registry(model: nn.Module, site: Site) -> bool:
+    """True for an abstract component of a registered family: its width comes from the config.
+
+    (A raw module path's width is a guess from the module's parameters, e.g. a conv's
+    channels where the last axis is spatial, so nothing is refused on it.)
+    """
+    arch = find_architecture(model)
+    return arch is not None and site.component in arch.components
 
 
 # -- construction ----------------------------------------------------------------
@@ -116,11 +127,13 @@ def unit_width(site: Site) -> Optional[int]:
     return site.head_dim if site.has_heads else site.width
 
 
-def check_partition(intervention: nn.Module, site: Site, where: str) -> None:
+def check_partition(intervention: nn.Module, model: nn.Module, site: Site, where: str) -> None:
     """A ``subspace_partition`` must fit in the width of the units it partitions."""
     partition = getattr(intervention, "subspace_partition", None)
     width = unit_width(site)
     if not partition or width is None or not isinstance(intervention, _UNIT_WIDTH_INTERVENTIONS):
+        return
+    if not from_registry(model, site):
         return
     dims = [d for part in partition for d in part]
     if dims and (max(dims) >= width or min(dims) < -width):
@@ -184,6 +197,7 @@ def _positions_follow_input(model: nn.Module, slot: "Slot") -> bool:
         and slot.unit in ("pos", "h.pos")
         and slot.representation.moe_key is None
         and component in _SEQUENCE_COMPONENTS
+        and from_registry(model, slot.site)
         and not (model_type == "opt" and component.startswith("mlp_"))
     )
 
@@ -200,10 +214,12 @@ def _check_units(slot: "Slot", units: Optional[Units], length: Optional[int]) ->
                "Use positions inside the sequence (negative values count from the end).")
 
 
-def _check_subspaces(slot: "Slot", rows: Optional[List[List[int]]]) -> None:
+def _check_subspaces(model: nn.Module, slot: "Slot", rows: Optional[List[List[int]]]) -> None:
     intervention = slot.intervention
     width = unit_width(slot.site)
     if rows is None or width is None or not isinstance(intervention, _UNIT_WIDTH_INTERVENTIONS):
+        return
+    if not from_registry(model, slot.site):
         return
     partition = getattr(intervention, "subspace_partition", None)
     for row in rows:
@@ -229,7 +245,7 @@ def check_call(pv_model: "IntervenableModel", base: Any, sources: Any, unit_loca
     provided = pv_model._source_representations(source_representations)
     batch = check_batches(model, base, per_group)
     for slot, rows in zip(slots, normalise_subspaces(subspaces, len(slots), batch)):
-        _check_subspaces(slot, rows)
+        _check_subspaces(model, slot, rows)
     units = [s.unit for s in slots]
     lengths = {id(x): sequence_length(x) for x in [base, *per_group] if x is not None}
 

@@ -298,3 +298,18 @@ def test_positions_are_not_bounded_by_the_sequence_where_they_index_something_el
     pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention": pv.ZeroIntervention}, gru)
     _, out = pv_model({"input_ids": tokens}, unit_locations={"base": 10})
     assert torch.allclose(out.logits, expected, atol=1e-6)
+
+
+def test_widths_guessed_for_raw_module_paths_refuse_nothing_up_front():
+    # A conv's guessed width is its 2 channels, but the last axis (what subspaces index) is 6 pixels wide.
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
+    x = torch.randn(2, 1, 6, 6)
+    with torch.no_grad():
+        hidden = conv[0](x)
+        hidden[..., 4:6] = 0
+        expected = conv[1](hidden)
+    rep = {"component": "0.output", "intervention": pv.ZeroIntervention, "subspace_partition": [[0, 4], [4, 6]]}
+    pv_model = pv.IntervenableModel(rep, conv)
+    _, out = pv_model(x, subspaces=1)
+    assert torch.allclose(out, expected)
