@@ -212,6 +212,7 @@ def test_errors_found_inside_hooks_are_raised_from_the_call_site():
     with pytest.raises(pv.LocationError, match=r"Position 7 is out of range .*sequence length 5") as info:
         pv_model({"input_ids": BASE}, [{"input_ids": SOURCE}], unit_locations={"sources->base": 7})
     assert_raised_at_call_site(info.value)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in MODEL.modules())  # none left behind
 
 
 # -- 3. one broadcast rule for a 1-row source; other batch mismatches ------------
