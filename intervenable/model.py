@@ -12,7 +12,7 @@ from .config import IntervenableConfig, RepresentationConfig, as_config
 from .engine import CallPlan, CallState, Slot, getter, setter
 from .errors import ConfigError, InputError
 from .hooks import HookSet
-from .inputs import batch_size, call_model, repeat_rows
+from .inputs import batch_size, call_model, check_batched, repeat_rows
 from .interventions.base import Capabilities, Intervention
 from .interventions.basic import LambdaIntervention, VanillaIntervention, positional_arity
 from .io import SerializationMixin
@@ -290,12 +290,12 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         ``((original_or_None, collected), intervened)``; with
         ``return_dict=True`` an ``IntervenableModelOutput``.
         """
-        check_call(self, base, sources, unit_locations, source_representations, subspaces)  # before any forward
+        plan = self._plan(base, sources, unit_locations, source_representations, subspaces,
+                          intervention_additional_kwargs)
+        check_call(self, plan)  # before any forward
         model_kwargs = self._model_kwargs(labels, use_cache)
         original = call_model(self.model, base, model_kwargs) if output_original_output else None
         state = CallState()
-        plan = self._plan(base, sources, unit_locations, source_representations, subspaces,
-                          intervention_additional_kwargs)
         with HookSet() as hooks:
             self._install(hooks, state, plan)
             intervened = call_model(self.model, base, model_kwargs)
@@ -312,6 +312,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         generation: Optional["GenerationPlan"] = None,
     ) -> CallPlan:
         """Normalise one call's arguments into a ``CallPlan``."""
+        check_batched(base, self.model, "the base")  # before its first dimension is read as the batch
         batch = batch_size(base)
         return CallPlan(
             base=base,

@@ -33,10 +33,10 @@ from .interventions.basic import (
 )
 from .sites.registry import find_architecture
 from .sites.site import Site
-from .units import Units, _check, normalise_parallel, normalise_serial, normalise_subspaces
+from .units import Units, _check, normalise_parallel, normalise_serial
 
 if TYPE_CHECKING:
-    from .engine import Slot
+    from .engine import CallPlan, Slot
     from .model import IntervenableModel
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -236,36 +236,35 @@ def _check_subspaces(model: nn.Module, slot: "Slot", rows: Optional[List[List[in
                 )
 
 
-def check_call(pv_model: "IntervenableModel", base: Any, sources: Any, unit_locations: Any,
-               source_representations: Any, subspaces: Any) -> None:
+def check_call(pv_model: "IntervenableModel", plan: "CallPlan") -> None:
     """Everything about one forward call that can be checked before the model runs."""
     model = pv_model.model
     slots = pv_model._slots
-    per_group = pv_model._sources_per_group(sources)
-    provided = pv_model._source_representations(source_representations)
-    batch = check_batches(model, base, per_group)
-    for slot, rows in zip(slots, normalise_subspaces(subspaces, len(slots), batch)):
+    per_group = plan.sources
+    check_batches(model, plan.base, per_group)
+    for slot, rows in zip(slots, plan.subspaces):
         _check_subspaces(model, slot, rows)
     units = [s.unit for s in slots]
-    lengths = {id(x): sequence_length(x) for x in [base, *per_group] if x is not None}
+    lengths = {id(x): sequence_length(x) for x in [plan.base, *per_group] if x is not None}
 
     def length(inputs: Any, slot: "Slot") -> Optional[int]:
         return lengths.get(id(inputs)) if _positions_follow_input(model, slot) else None
 
     groups = list(pv_model._intervention_group.values())
     if pv_model.mode == "parallel":
-        locations = normalise_parallel(unit_locations, units, batch, any(s is not None for s in per_group))
+        has_sources = any(s is not None for s in per_group)
+        locations = normalise_parallel(plan.unit_locations, units, plan.batch, has_sources)
         for g, members in enumerate(groups):
             for i in members:
                 slot, loc = slots[i], locations[i]
-                _check_units(slot, loc.base, length(base, slot))
-                if per_group[g] is not None and slot.reads_source and slot.key not in provided:
+                _check_units(slot, loc.base, length(plan.base, slot))
+                if per_group[g] is not None and slot.reads_source and slot.key not in plan.provided:
                     _check_units(slot, loc.source if loc.source is not None else loc.base, length(per_group[g], slot))
         return
     # serial: a group's base side is whichever run comes next; bound positions by the longest input
     known = list(lengths.values())
     longest = max(known) if known and None not in known else None
-    serial = normalise_serial(unit_locations, groups, units, batch)
+    serial = normalise_serial(plan.unit_locations, groups, units, plan.batch)
     for g, members in enumerate(groups):
         for j, i in enumerate(members):
             bound = longest if _positions_follow_input(model, slots[i]) else None

@@ -85,6 +85,8 @@ def test_callable_receives_the_source_and_patches_like_vanilla():
     with CountForwards(MODEL) as counter:
         _, out = lam({"input_ids": BASE}, [{"input_ids": SOURCE}], unit_locations=locations)
     assert counter.calls == 2  # the source run happened
+    caps = lam._slots[0].caps
+    assert caps.reads_source and not caps.needs_source  # read when given, not required
     _, vanilla = van({"input_ids": BASE}, [{"input_ids": SOURCE}], unit_locations=locations)
     src = cache(MODEL, SOURCE)[("block_output", 0)]
     expected = patch(BASE, {("block_output", 0): copy_positions(src, [(0, 0, 1, 2), (1, 1, 3, 4)])})
