@@ -49,6 +49,11 @@ class Slot:
     def needs_source(self) -> bool:
         return self.caps.needs_source
 
+    @property
+    def reads_source(self) -> bool:
+        """True when a given source is run for this slot (callables read it without needing it)."""
+        return self.caps.reads_source
+
     def where(self) -> str:
         return f"{self.key} ({self.site.describe()})"
 
@@ -148,8 +153,13 @@ def _unflatten(t: torch.Tensor, like: torch.Tensor, head_view: bool) -> torch.Te
 
 
 # -- hook builders -------------------------------------------------------------
-def getter(slot: Slot, units: Units, state: CallState, store_key: Optional[str] = None) -> Callable[..., Any]:
-    """A hook that stores the selected units of this site in ``state.activations``."""
+def getter(slot: Slot, units: Units, state: CallState, store_key: Optional[str] = None,
+           rows: Optional[int] = None) -> Callable[..., Any]:
+    """A hook that stores the selected units of this site in ``state.activations``.
+
+    ``rows``: the base's batch size; a 1-row source is broadcast to it (a free ``expand``),
+    so each base row reads its own units from the one source row.
+    """
     store_key = store_key or slot.key
 
     def read(full: torch.Tensor) -> None:
@@ -157,6 +167,8 @@ def getter(slot: Slot, units: Units, state: CallState, store_key: Optional[str] 
             store_step(state, store_key, units.positions, full)
             return
         view = slot.site.to_view(full)
+        if rows is not None and rows > 1 and view.shape[0] == 1:
+            view = view.expand(rows, *view.shape[1:])
         resolved = resolve_units(units, view, slot.head_view, slot.where())
         state.activations[store_key] = gather(view, resolved, slot.head_view)
 

@@ -47,3 +47,43 @@ def call_model(model: nn.Module, inputs: Any, kwargs: Dict[str, Any]) -> Any:
     raise InputError(
         f"Cannot call the model with a {type(inputs).__name__}: pass a dict of tensors, a tensor, or a tuple."
     )
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """True for a ``transformers.PreTrainedModel`` (checked by name: no import needed)."""
+    return any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
+
+
+def check_batched(inputs: Any, model: nn.Module, what: str) -> None:
+    """Refuse token ids without a batch dimension before any forward.
+
+    Transformers models read ``[batch, positions]`` ids; a 1-D tensor fails deep
+    inside them (or is silently read as a batch of one), and our per-row
+    locations would count its positions as rows.
+    """
+    if not is_transformers_model(model):
+        return  # a plain module may well take a 1-D batch
+    if isinstance(inputs, Mapping):
+        ids, name = inputs.get("input_ids"), "input_ids"
+    else:
+        ids, name = inputs, "input tensor"
+    if isinstance(ids, torch.Tensor) and ids.dim() < 2:
+        raise InputError(
+            f"The {name} of {what} has shape {tuple(ids.shape)}, with no batch dimension: add a batch "
+            "dimension, e.g. ids.unsqueeze(0), or tokenize with tokenizer(text, return_tensors='pt')."
+        )
+
+
+def repeat_rows(inputs: Any, rows: int) -> Any:
+    """A 1-row input repeated to ``rows`` rows (every tensor whose first dimension is 1)."""
+
+    def one(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 1:
+            return value.expand(rows, *value.shape[1:]).contiguous()  # some models flatten with .view
+        return value
+
+    if isinstance(inputs, Mapping):
+        return {key: one(value) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(one(value) for value in inputs)
+    return one(inputs)

@@ -12,11 +12,12 @@ from .config import IntervenableConfig, RepresentationConfig, as_config
 from .engine import CallPlan, CallState, Slot, getter, setter
 from .errors import ConfigError, InputError
 from .hooks import HookSet
-from .inputs import batch_size, call_model
-from .interventions.base import Capabilities, Intervention, get_intervention_class
-from .interventions.basic import LambdaIntervention, VanillaIntervention
+from .inputs import batch_size, call_model, check_batched, repeat_rows
+from .interventions.base import Capabilities, Intervention
+from .interventions.basic import LambdaIntervention, VanillaIntervention, positional_arity
 from .io import SerializationMixin
 from .model_params import ParameterMixin
+from .preflight import at_call_site, check_batches, check_call, check_callable, check_partition, intervention_class_named
 from .sites.resolve import resolve_component
 from .sites.site import Site
 from .units import Locations, normalise_parallel, normalise_serial, normalise_subspaces
@@ -57,10 +58,14 @@ def representation_key(rep: RepresentationConfig, counter: Dict[str, int]) -> st
 def build_intervention(spec: Any, rep: RepresentationConfig, site: Site) -> nn.Module:
     """An intervention module from a class, instance, registered name or plain callable."""
     if isinstance(spec, str):
-        spec = get_intervention_class(spec)
+        spec = intervention_class_named(spec)
     if spec is None:
         spec = VanillaIntervention
     if isinstance(spec, nn.Module):
+        check_callable(spec)
+        arity = None if isinstance(spec, Intervention) else positional_arity(spec)
+        if arity is not None and arity[1] < 3:  # a plain module with forward(base, source)
+            return LambdaIntervention(spec, source_representation=rep.source_representation)
         if rep.source_representation is not None and hasattr(spec, "set_source_representation"):
             spec.set_source_representation(rep.source_representation)
         return spec
@@ -75,10 +80,12 @@ def build_intervention(spec: Any, rep: RepresentationConfig, site: Site) -> nn.M
         if issubclass(spec, Intervention):
             return spec(**kwargs)
         try:
-            return spec(**kwargs)
+            instance = spec(**kwargs)
         except TypeError:
-            return spec()
+            instance = spec()
+        return build_intervention(instance, rep, site)
     if callable(spec):
+        check_callable(spec)
         return LambdaIntervention(spec, source_representation=rep.source_representation)
     raise ConfigError(
         f"Cannot use {spec!r} as an intervention: give an intervention class, an instance, a registered "
@@ -156,6 +163,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                 intervention = links[rep.intervention_link_key]
             else:
                 intervention = build_intervention(self.config.intervention_spec(i), rep, site)
+                check_partition(intervention, model, site, key)
                 if rep.intervention_link_key is not None:
                     links[rep.intervention_link_key] = intervention
             if rep.intervention_link_key is not None:
@@ -267,6 +275,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         return kwargs
 
     # -- forward ----------------------------------------------------------------
+    @at_call_site
     def forward(
         self,
         base: Any,
@@ -286,11 +295,12 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         ``((original_or_None, collected), intervened)``; with
         ``return_dict=True`` an ``IntervenableModelOutput``.
         """
+        plan = self._plan(base, sources, unit_locations, source_representations, subspaces,
+                          intervention_additional_kwargs)
+        check_call(self, plan)  # before any forward
         model_kwargs = self._model_kwargs(labels, use_cache)
         original = call_model(self.model, base, model_kwargs) if output_original_output else None
         state = CallState()
-        plan = self._plan(base, sources, unit_locations, source_representations, subspaces,
-                          intervention_additional_kwargs)
         with HookSet() as hooks:
             self._install(hooks, state, plan)
             intervened = call_model(self.model, base, model_kwargs)
@@ -307,6 +317,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         generation: Optional["GenerationPlan"] = None,
     ) -> CallPlan:
         """Normalise one call's arguments into a ``CallPlan``."""
+        check_batched(base, self.model, "the base")  # before its first dimension is read as the batch
         batch = batch_size(base)
         return CallPlan(
             base=base,
@@ -333,6 +344,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             return (original, collected), intervened
         return original, intervened
 
+    @at_call_site
     def generate(
         self,
         base: Any,
@@ -366,6 +378,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         """
         from .generation import GenerationPlan, step_selector
 
+        check_batches(self.model, base, self._sources_per_group(sources))
         if generation_steps == "default":
             generation_steps = None if intervene_on_prompt else "all"
         batch = batch_size(base)
@@ -434,16 +447,17 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         runs: "OrderedDict[int, Tuple[Any, List[int]]]" = OrderedDict()
         for g, members in enumerate(self._intervention_group.values()):
             source = per_group[g]
-            wanted = [i for i in members if self._slots[i].needs_source and self._slots[i].key not in provided]
+            wanted = [i for i in members if self._slots[i].reads_source and self._slots[i].key not in provided]
             if source is None or not wanted:
                 continue
             runs.setdefault(id(source), (source, []))[1].extend(wanted)
         for source, members in runs.values():
+            rows = plan.batch if batch_size(source) == 1 else None  # a 1-row source broadcasts over the base
             with HookSet() as source_hooks:
                 for i in members:
                     slot = self._slots[i]
                     units = locations[i].source if locations[i].source is not None else locations[i].base
-                    source_hooks.add(slot.site.module, slot.site.hook, getter(slot, units, state))
+                    source_hooks.add(slot.site.module, slot.site.hook, getter(slot, units, state, rows=rows))
                 call_model(self.model, source, {})
         for g, members in enumerate(self._intervention_group.values()):
             for i in members:
@@ -468,9 +482,10 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                 with HookSet() as source_hooks:
                     for j, i in enumerate(members):
                         slot = self._slots[i]
-                        if slot.needs_source and slot.key not in provided:
+                        if slot.reads_source and slot.key not in provided:
                             source_hooks.add(slot.site.module, slot.site.hook, getter(slot, locations[g][j].source, state))
-                    call_model(self.model, source, {})  # the previous group's setters fire here
+                    # the previous group's setters fire here; a 1-row source is repeated over the base's rows
+                    call_model(self.model, repeat_rows(source, plan.batch) if batch_size(source) == 1 else source, {})
                 active.remove()
                 for j, i in enumerate(members):
                     slot = self._slots[i]

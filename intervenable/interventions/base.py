@@ -19,7 +19,7 @@ It returns the new value of ``base`` (same shape, or broadcastable to it) or an
 
 What an intervention may declare
 --------------------------------
-Class attributes (or, for ``needs_source``, a property), all optional; a
+Class attributes (or, for ``needs_source`` / ``reads_source``, properties), all optional; a
 plain ``nn.Module`` that declares none of them is a source-reading swap-like
 intervention. The engine reads them once per slot, when the
 ``IntervenableModel`` is built, into a frozen ``Capabilities`` record, so
@@ -30,6 +30,9 @@ name                 default meaning
 ==================== ======= ==================================================
 ``needs_source``     True    a call must provide a source (source run,
                              ``source_representations`` or a constant)
+``reads_source``     (*)     a given source is run for it, even when not
+                             required (plain callables: ``f(base, None)``
+                             without sources, ``f(base, source)`` with them)
 ``collects``         False   the output is reported in ``collected_activations``
                              and the activation is left untouched
 ``flatten_units``    False   units are concatenated into the last dimension,
@@ -39,6 +42,7 @@ name                 default meaning
 ``uses_module_input`` False  ``source`` is the hooked module's own input at the
                              same units (skip, LoRA)
 ==================== ======= ==================================================
+(*) defaults to ``needs_source``.
 
 Saving (io/native.py) rebuilds an intervention from its registered name and
 ``init_kwargs`` (JSON-able constructor arguments), then loads its
@@ -79,12 +83,19 @@ class Capabilities:
     collects: bool = False
     flatten_units: bool = False
     uses_module_input: bool = False
+    reads_source: Optional[bool] = None  # None: same as needs_source
+
+    def __post_init__(self) -> None:
+        if self.reads_source is None:
+            object.__setattr__(self, "reads_source", self.needs_source)
 
     @classmethod
     def of(cls, intervention: nn.Module) -> "Capabilities":
         """The declarations of ``intervention`` (defaults for a plain module that declares nothing)."""
+        needs_source = bool(getattr(intervention, "needs_source", True))
         return cls(
-            needs_source=bool(getattr(intervention, "needs_source", True)),
+            needs_source=needs_source,
+            reads_source=bool(getattr(intervention, "reads_source", needs_source)),
             collects=bool(getattr(intervention, "collects", False)),
             flatten_units=bool(getattr(intervention, "flatten_units", False)),
             uses_module_input=bool(getattr(intervention, "uses_module_input", False)),
@@ -94,8 +105,10 @@ class Capabilities:
     def of_class(cls, intervention_class: type) -> "Capabilities":
         """Class-level declarations, before an instance exists (``needs_source`` may be a property)."""
         declared = getattr(intervention_class, "needs_source", True)
+        reads = getattr(intervention_class, "reads_source", declared)
         return cls(
             needs_source=declared if isinstance(declared, bool) else True,
+            reads_source=reads if isinstance(reads, bool) else None,
             collects=bool(getattr(intervention_class, "collects", False)),
             flatten_units=bool(getattr(intervention_class, "flatten_units", False)),
             uses_module_input=bool(getattr(intervention_class, "uses_module_input", False)),

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+import math
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -116,24 +117,61 @@ class SkipIntervention(BasisAgnosticIntervention, LocalistRepresentationInterven
         return swap(base, src, "interchange", subspaces, self.subspace_partition, self.interchange_dim)
 
 
+def positional_arity(func: Callable[..., Any]) -> Optional[Tuple[int, float]]:
+    """(required, maximum) positional arguments of ``func``; None when it cannot be inspected.
+
+    A required keyword-only parameter makes ``func`` uncallable positionally: required is then inf.
+    For a module, its ``forward`` is inspected.
+    """
+    if isinstance(func, torch.nn.Module):
+        func = func.forward
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    required, maximum = 0, 0.0
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            maximum += 1
+            required += p.default is p.empty
+        elif p.kind == p.VAR_POSITIONAL:
+            maximum = math.inf
+        elif p.kind == p.KEYWORD_ONLY and p.default is p.empty:
+            return math.inf, maximum
+    return required, maximum
+
+
+def takes_base_and_source(func: Callable[..., Any]) -> bool:
+    """True when ``func(base, source)`` binds (or the signature cannot be read)."""
+    arity = positional_arity(func)
+    return arity is None or arity[0] <= 2 <= arity[1]
+
+
 class LambdaIntervention(Intervention):
-    """Wrap a plain callable ``f(base, source)`` (or ``f(base, source, subspaces)``)."""
+    """Wrap a plain callable ``f(base, source)`` (or ``f(base, source, subspaces)``).
+
+    ``source`` is the source units when sources are given (or the constant
+    ``source_representation``), else None, as in the reference library.
+    """
 
     def __init__(self, func: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.func = func
-        try:
-            params = inspect.signature(func).parameters
-            self._takes_subspaces = len(params) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params.values())
-        except (TypeError, ValueError):
-            self._takes_subspaces = False
+        arity = positional_arity(func)
+        self._takes_subspaces = arity is not None and arity[1] >= 3
+        self._needs_subspaces = arity is not None and arity[0] >= 3
 
     @property
     def needs_source(self) -> bool:
         return False  # a callable may ignore its source; it gets None without one
 
+    @property
+    def reads_source(self) -> bool:
+        """Run the given sources for this callable (unless its source is a constant)."""
+        return not self.is_source_constant
+
     def forward(self, base, source=None, subspaces=None, **kwargs):
-        if subspaces is not None and self._takes_subspaces:
+        if self._needs_subspaces or (subspaces is not None and self._takes_subspaces):
             return self.func(base, self._source(source), subspaces)
         return self.func(base, self._source(source))
 
