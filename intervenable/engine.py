@@ -17,6 +17,7 @@ from torch import nn
 from .config import RepresentationConfig
 from .errors import InputError, ShapeError
 from .interventions.base import Capabilities, InterventionOutput
+from .interventions.subspaces import engine_call
 from .sites.site import Site, extract, replace
 from .recurrent import apply_step, store_step
 from .units import Units, gather, resolve_units, scatter
@@ -36,6 +37,7 @@ class Slot:
     intervention: nn.Module
     representation: RepresentationConfig
     caps: Capabilities = field(default_factory=Capabilities)
+    as_adaptor: bool = False  # pass the module's inputs as ``args=`` / ``kwargs=`` (the reference's as_adaptor)
 
     @property
     def head_view(self) -> bool:
@@ -127,6 +129,21 @@ def write_input(site: Site, args: tuple, kwargs: dict, new: torch.Tensor) -> Tup
     return args, kwargs
 
 
+def _adaptor_input(slot: Slot, args: tuple, kwargs: dict, units: Units, base_units: torch.Tensor) -> torch.Tensor:
+    """The module's first input at the intervened positions, as the reference's ``as_adaptor`` passes it."""
+    if slot.site.hook == "input":
+        return base_units
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if first is None:
+        first = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+    if first is None:
+        raise ShapeError(f"Site {slot.site.describe()}: as_adaptor needs a tensor input to the module; it has none.")
+    positions = Units(positions=units.positions)
+    if positions.is_all or first.dim() < 2:
+        return first
+    return gather(first, resolve_units(positions, first, False, slot.where()), False)
+
+
 def _module_input_units(slot: Slot, args: tuple, kwargs: dict, units: Units) -> torch.Tensor:
     """The module's own input at the same units (for skip interventions)."""
     view = slot.site.to_view(read_input(slot.site, args, kwargs))
@@ -202,7 +219,8 @@ def apply_intervention(
     if flatten and source is not None and source.shape == base_units.shape:
         src_in = _flatten(source, slot.head_view)
     kwargs = dict(extra_kwargs or {})
-    result = intervention(base_in, src_in, subspaces, **kwargs)
+    with engine_call():  # subspaces rows are batch rows; the engine sets the width (subspaces.py)
+        result = intervention(base_in, src_in, subspaces, **kwargs)
     if isinstance(result, InterventionOutput) or (hasattr(result, "output") and hasattr(result, "latent")):
         state.latents[slot.key] = result.latent
         result = result.output
@@ -267,7 +285,11 @@ def setter(
             src = _module_input_units(slot, args, kwargs, call_units).to(base_units.device)
         elif isinstance(src, torch.Tensor):
             src = _match_source(slot, src, base_units)
-        new_units = apply_intervention(slot, base_units, src, subspaces, extra_kwargs, state)
+        call_kwargs = extra_kwargs
+        if slot.as_adaptor:
+            call_kwargs = dict(extra_kwargs or {}, args=_adaptor_input(slot, args, kwargs, call_units, base_units),
+                               kwargs=kwargs)
+        new_units = apply_intervention(slot, base_units, src, subspaces, call_kwargs, state)
         if new_units is None:
             return None
         return slot.site.from_view(full, scatter(view, resolved, slot.head_view, new_units))

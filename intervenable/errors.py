@@ -7,6 +7,9 @@ generic handlers keep working.
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import warnings
 from typing import Callable, Dict, Iterable, Optional
 
 
@@ -27,6 +30,10 @@ class ComponentError(IntervenableError, KeyError):
 
 class LocationError(IntervenableError, IndexError):
     """A unit location (position, head) or subspace dimension is malformed or out of range."""
+
+
+class SubspaceError(LocationError):
+    """A subspace index (a dimension, or a partition id) is out of range or does not fit the input."""
 
 
 class ShapeError(IntervenableError, ValueError):
@@ -54,3 +61,15 @@ def closest(name: str, choices: Iterable[str], n: int = 3, normalise: Optional[C
     if not matches:
         return ""
     return " Did you mean " + " or ".join(repr(m) for m in matches) + "?"
+
+
+def warn_user(message: str) -> None:
+    """A ``UserWarning`` attributed to the first caller outside intervenable and torch (the user's line)."""
+    inside = [os.path.dirname(os.path.abspath(__file__))]
+    torch_module = sys.modules.get("torch")
+    if getattr(torch_module, "__file__", None):
+        inside.append(os.path.dirname(os.path.abspath(torch_module.__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(tuple(inside)):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level + 1)

@@ -160,3 +160,29 @@ class GenerationPlan:
             f"The source gives {n_src} units but this generation step intervenes on {n_call} positions: "
             "give one source unit per intervened prompt position, or a single unit to apply at every position."
         )
+
+
+def prompt_length_of(base: Any) -> int:
+    """The prompt length of a ``generate`` input (``input_ids`` / ``inputs_embeds`` or a 2-D tensor)."""
+    for name in ("input_ids", "inputs_embeds"):
+        value = base.get(name) if hasattr(base, "get") else None
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[1])
+    if isinstance(base, torch.Tensor) and base.dim() >= 2:
+        return int(base.shape[1])
+    raise InputError("generate needs input_ids or inputs_embeds in the base input.")
+
+
+def generated_only_locations(unit_locations: Any) -> Any:
+    """Without prompt interventions, base positions are the new tokens: only 0 (the reference's form) is accepted."""
+    if unit_locations is None or not isinstance(unit_locations, dict):
+        return unit_locations if unit_locations is None else {"sources->base": (unit_locations, None)}
+    if "base" in unit_locations:
+        value = unit_locations["base"]
+        if value not in (0, [0], [[[0]]]):
+            raise InputError(
+                "With intervene_on_prompt=False the interventions act on each generated token, so base "
+                "positions cannot be chosen. To intervene on prompt positions pass intervene_on_prompt=True."
+            )
+        return None
+    return unit_locations

@@ -10,17 +10,18 @@ from torch import nn
 
 from .config import IntervenableConfig, RepresentationConfig, as_config
 from .engine import CallPlan, CallState, Slot, getter, setter
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, warn_user
 from .hooks import HookSet
 from .inputs import batch_size, call_model, check_batched, repeat_rows
 from .interventions.base import Capabilities, Intervention
 from .interventions.basic import LambdaIntervention, VanillaIntervention, positional_arity
 from .io import SerializationMixin
 from .model_params import ParameterMixin
-from .preflight import at_call_site, check_batches, check_call, check_callable, check_partition, intervention_class_named
+from .preflight import (at_call_site, check_batches, check_call, check_callable, check_partition,
+                        intervention_class_named, unit_width)
 from .sites.resolve import resolve_component
 from .sites.site import Site
-from .units import Locations, normalise_parallel, normalise_serial, normalise_subspaces
+from .units import Locations, normalise_parallel, normalise_serial, normalise_serial_base_only, normalise_subspaces
 
 if TYPE_CHECKING:
     from .generation import GenerationPlan
@@ -73,7 +74,7 @@ def build_intervention(spec: Any, rep: RepresentationConfig, site: Site) -> nn.M
         if not issubclass(spec, nn.Module):
             raise ConfigError(f"Intervention class {spec.__name__} must be an nn.Module subclass.")
         kwargs = rep._asdict()
-        width = site.width
+        width = unit_width(site)  # per head on head sites, as in the reference
         if width is not None and Capabilities.of_class(spec).flatten_units:
             width = width * int(rep.max_number_of_units)
         kwargs["embed_dim"] = width
@@ -136,11 +137,17 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
     ``IntervenableModel(config, model)`` where ``config`` is an
     ``IntervenableConfig``, a ``RepresentationConfig``, a dict or a list of
     them. The model's parameters are frozen (``disable_model_gradients``);
-    call ``enable_model_gradients()`` to train them too.
+    call ``enable_model_gradients()`` to train them too. As in the reference,
+    ``as_adaptor=True`` passes the hooked module's input (at the units) as
+    ``args=``, plus its keyword arguments as ``kwargs=``; ``use_fast=True``
+    applies row 0 of ``subspaces`` to the whole batch.
     """
 
     def __init__(self, config: Any, model: nn.Module, backend: str = "native", **kwargs: Any) -> None:
         super().__init__()
+        self.as_adaptor = bool(kwargs.get("as_adaptor", False))
+        self.use_fast = bool(kwargs.get("use_fast", False))
+        self._warned_skipped: set = set()  # keys already named in a "did not run" warning
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         self.config: IntervenableConfig = as_config(config)
@@ -169,7 +176,9 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             if rep.intervention_link_key is not None:
                 self._intervention_reverse_link[key] = f"link#{rep.intervention_link_key}"
             _place_on_site_device(intervention, site)
-            slot = Slot(key, i, site, rep.unit, intervention, rep, Capabilities.of(intervention))
+            if self.use_fast and hasattr(intervention, "use_fast"):
+                intervention.use_fast = True
+            slot = Slot(key, i, site, rep.unit, intervention, rep, Capabilities.of(intervention), self.as_adaptor)
             if not site.writable and not slot.is_collect:
                 raise ConfigError(
                     f"{rep.component!r} at {site.describe()} can be read but not written (changing it does "
@@ -365,9 +374,10 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
           (every one, unless ``generation_steps`` says otherwise); ``unit_locations``
           then only select the source units.
         * ``intervene_on_prompt=True``: intervene on the prompt positions given in
-          ``unit_locations`` (all prompt positions if None) in the prefill, and on
-          the generated tokens chosen by ``generation_steps`` (none by default,
-          as in the reference).
+          ``unit_locations`` in the prefill, and on the generated tokens chosen by
+          ``generation_steps`` (none by default, as in the reference). Without
+          ``unit_locations``, every position of every forward call (prompt and
+          each generated token), as in the reference.
         * ``generation_steps``: ``"all"``, ``None``, an int ``N`` (the first N
           generated tokens), a list of token indices, or a callable ``j -> bool``.
 
@@ -376,15 +386,15 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         ``max_new_tokens``, ``streamer``, ``return_dict_in_generate``, ...)
         passes through. Collect interventions return one tensor per forward call.
         """
-        from .generation import GenerationPlan, step_selector
+        from .generation import GenerationPlan, generated_only_locations, prompt_length_of, step_selector
 
         check_batches(self.model, base, self._sources_per_group(sources))
         if generation_steps == "default":
-            generation_steps = None if intervene_on_prompt else "all"
+            generation_steps = "all" if not intervene_on_prompt or unit_locations is None else None
         batch = batch_size(base)
-        prompt_length = self._prompt_length(base)
+        prompt_length = prompt_length_of(base)
         if not intervene_on_prompt:
-            unit_locations = self._generated_only_locations(unit_locations)
+            unit_locations = generated_only_locations(unit_locations)
         plan = GenerationPlan(prompt_length, batch, intervene_on_prompt, step_selector(generation_steps))
         original = self._generate(base, generate_kwargs) if output_original_output else None
         state = CallState(per_call=True)
@@ -400,31 +410,6 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         if isinstance(base, dict) or hasattr(base, "keys"):
             return self.model.generate(**base, **kwargs)
         return self.model.generate(base, **kwargs)
-
-    @staticmethod
-    def _prompt_length(base: Any) -> int:
-        for name in ("input_ids", "inputs_embeds"):
-            value = base.get(name) if hasattr(base, "get") else None
-            if isinstance(value, torch.Tensor):
-                return int(value.shape[1])
-        if isinstance(base, torch.Tensor) and base.dim() >= 2:
-            return int(base.shape[1])
-        raise InputError("generate needs input_ids or inputs_embeds in the base input.")
-
-    @staticmethod
-    def _generated_only_locations(unit_locations: Any) -> Any:
-        """Without prompt interventions, base positions are the new tokens: only 0 (the reference's form) is accepted."""
-        if unit_locations is None or not isinstance(unit_locations, dict):
-            return unit_locations if unit_locations is None else {"sources->base": (unit_locations, None)}
-        if "base" in unit_locations:
-            value = unit_locations["base"]
-            if value not in (0, [0], [[[0]]]):
-                raise InputError(
-                    "With intervene_on_prompt=False the interventions act on each generated token, so base "
-                    "positions cannot be chosen. To intervene on prompt positions pass intervene_on_prompt=True."
-                )
-            return None
-        return unit_locations
 
     def _source_for(self, slot: Slot, state: CallState, provided: Dict[str, torch.Tensor], store_key: str) -> Optional[torch.Tensor]:
         if slot.key in provided:
@@ -459,19 +444,44 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                     units = locations[i].source if locations[i].source is not None else locations[i].base
                     source_hooks.add(slot.site.module, slot.site.hook, getter(slot, units, state, rows=rows))
                 call_model(self.model, source, {})
+        self._install_setters(hooks, state, plan, locations)
+
+    def _install_setters(self, hooks: HookSet, state: CallState, plan: CallPlan, locations: List[Locations]) -> None:
+        """Setters of every group on the base run; groups without a source are skipped, as in the reference."""
+        per_group = plan.sources
+        has_sources = any(s is not None for s in per_group)
+        skipped: List[str] = []
         for g, members in enumerate(self._intervention_group.values()):
             for i in members:
                 slot = self._slots[i]
-                src = self._source_for(slot, state, provided, slot.key)
+                src = self._source_for(slot, state, plan.provided, slot.key)
                 if src is None and slot.needs_source:
-                    if per_group[g] is None and has_sources:
-                        continue  # this group's source is None on purpose: skip it, as in the reference
+                    if per_group[g] is None:
+                        if not has_sources:
+                            skipped.append(slot.key)  # no source at all: a run without it, with a warning
+                        continue  # this group's source is None on purpose: skip it silently
                     raise self._missing_source(slot)
                 hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, plan.subspaces[i], plan.extra, plan.generation), first=True)
+        self._warn_skipped(skipped)
+
+    def _warn_skipped(self, keys: List[str]) -> None:
+        """Name, once per model, the interventions that did not run for want of a source."""
+        new = [k for k in keys if k not in self._warned_skipped]
+        self._warned_skipped.update(new)
+        if new:
+            warn_user(f"No sources and no source_representations were given, so these interventions did not run: "
+                      f"{new}. As in the reference, the forward ran without them; pass sources=[...] or "
+                      "source_representations=... to run them.")
 
     def _serial(self, hooks: HookSet, state: CallState, plan: CallPlan) -> None:
         per_group, provided = plan.sources, plan.provided
         groups = list(self._intervention_group.values())
+        if all(s is None for s in per_group):
+            # No source runs to chain: every group acts on the base run, at its base locations
+            # ({"base": ...} or the base side of the serial keys). The reference skips them all.
+            units = [s.unit for s in self._slots]
+            self._install_setters(hooks, state, plan, normalise_serial_base_only(plan.unit_locations, groups, units, plan.batch))
+            return
         locations = normalise_serial(plan.unit_locations, groups, [s.unit for s in self._slots], plan.batch)
         active = HookSet()  # setters of the latest group, active during the next source run
         try:

@@ -33,7 +33,7 @@ from .interventions.basic import (
 )
 from .sites.registry import find_architecture
 from .sites.site import Site
-from .units import Units, _check, normalise_parallel, normalise_serial
+from .units import Units, _check, normalise_parallel, normalise_serial, normalise_serial_base_only
 
 if TYPE_CHECKING:
     from .engine import CallPlan, Slot
@@ -251,9 +251,12 @@ def check_call(pv_model: "IntervenableModel", plan: "CallPlan") -> None:
         return lengths.get(id(inputs)) if _positions_follow_input(model, slot) else None
 
     groups = list(pv_model._intervention_group.values())
-    if pv_model.mode == "parallel":
-        has_sources = any(s is not None for s in per_group)
-        locations = normalise_parallel(plan.unit_locations, units, plan.batch, has_sources)
+    has_sources = any(s is not None for s in per_group)
+    if pv_model.mode == "parallel" or not has_sources:  # serial without sources: every group acts on the base
+        if pv_model.mode == "parallel":
+            locations = normalise_parallel(plan.unit_locations, units, plan.batch, has_sources)
+        else:
+            locations = normalise_serial_base_only(plan.unit_locations, groups, units, plan.batch)
         for g, members in enumerate(groups):
             for i in members:
                 slot, loc = slots[i], locations[i]

@@ -17,7 +17,9 @@ Accepted forms (the reference library's, plus a few conveniences):
     ``[intervention][batch][units]``; for unit ``h.pos`` each intervention
     entry is ``[heads_per_row, positions_per_row]``
     (``[intervention][heads_then_positions][batch][units]``).
-* ``{"base": L}``: base-only locations (no source run).
+* ``{"base": L}``: base-only locations (no source run). A pair ``(s, b)`` is
+  read as in the reference, base unit ``b`` (with a warning: ``[[[s, b]]]``
+  names both units).
 * Serial mode: keys ``"source_0->source_1"``, ..., ``"source_{n-1}->base"``.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import InputError, LocationError
+from .errors import InputError, LocationError, warn_user
 
 _Index = Optional[torch.Tensor]
 
@@ -154,6 +156,13 @@ def _flat(values: Sequence[int], units: Sequence[str], batch: int, side: str) ->
     return out
 
 
+def _is_int_pair(value: Any) -> bool:
+    """``(s, b)``, ``(None, b)`` or ``(s, None)``: the reference's pair form."""
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or _is_int(v) for v in value) and any(
+        v is not None for v in value
+    )
+
+
 def _entry_depth(units: Sequence[str]) -> int:
     """Nesting depth of one intervention's locations: [batch][units], or [2][batch][units] for h.pos."""
     return 3 if any(u == "h.pos" for u in units) else 2
@@ -162,15 +171,22 @@ def _entry_depth(units: Sequence[str]) -> int:
 def _pair_value(value: Any, units: Sequence[str], batch: int, base_only: bool) -> Tuple[Optional[List[Units]], List[Units]]:
     """Parse one dict value into (source units per intervention or None, base units)."""
     if base_only:
+        if _is_int_pair(value):
+            # The reference reads a 2-element list as a (source, base) pair even here: base position value[1].
+            if value[0] is not None and value[1] is not None:
+                warn_user(
+                    f"unit_locations={{'base': {list(value)!r}}} is read as a (source, base) pair, as in the "
+                    f"reference: only base unit {value[1]} is intervened on. For units {value[0]} and {value[1]} "
+                    f"write {{'base': [[[{value[0]}, {value[1]}]]]}}."
+                )
+            return None, _per_intervention(None if value[1] is None else int(value[1]), units, batch, "base")
         if isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value):
             return None, _flat(value, units, batch, "base")
         return None, _per_intervention(value, units, batch, "base")
     if _is_int(value):
         side = _per_intervention(int(value), units, batch, "sources->base")
         return side, side
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or _is_int(v) for v in value) and any(
-        v is not None for v in value
-    ):
+    if _is_int_pair(value):
         src = None if value[0] is None else _per_intervention(int(value[0]), units, batch, "source")
         base = _per_intervention(None if value[1] is None else int(value[1]), units, batch, "base")
         return src, base
@@ -220,7 +236,8 @@ def normalise_serial(
     if unit_locations is not None:
         unknown = [k for k in unit_locations if k not in expected]
         if unknown:
-            raise LocationError(f"Unknown unit_locations key {unknown[0]!r}; serial mode expects {expected}.")
+            hint = " ('base' alone is for calls without sources.)" if unknown[0] == "base" else ""
+            raise LocationError(f"Unknown unit_locations key {unknown[0]!r}; serial mode expects {expected}.{hint}")
     for g, members in enumerate(groups):
         member_units = [units[i] for i in members]
         value = None if unit_locations is None else unit_locations.get(expected[g])
@@ -229,6 +246,21 @@ def normalise_serial(
             continue
         src, base = _pair_value(value, member_units, batch, base_only=False)
         out[g] = [Locations(ALL if src is None else src[j], base[j]) for j in range(len(members))]
+    return out
+
+
+def normalise_serial_base_only(
+    unit_locations: Any, groups: Sequence[Sequence[int]], units: Sequence[str], batch: int
+) -> List[Locations]:
+    """Serial mode without sources: base locations per intervention, from ``{"base": ...}`` (as in
+    parallel mode) or the base side of the serial keys."""
+    if not (isinstance(unit_locations, dict) and any(k != "base" for k in unit_locations)):
+        return normalise_parallel(unit_locations, units, batch, has_sources=False)
+    serial = normalise_serial(unit_locations, groups, units, batch)
+    out: List[Locations] = [Locations(None, ALL)] * len(units)
+    for g, members in enumerate(groups):
+        for j, i in enumerate(members):
+            out[i] = Locations(None, serial[g][j].base)
     return out
 
 

@@ -109,7 +109,7 @@ def test_steering_on_prompt_positions_and_chosen_steps(name, use_cache, steps):
     expected = hooked_generate(model, module(model), edit, PROMPT, **kwargs_for(use_cache))
     pv_model = pv.IntervenableModel({**comp, "intervention": pv.AdditionIntervention, "source_representation": v,
                                      "max_number_of_units": 2}, model)
-    _, got = pv_model.generate(PROMPT, unit_locations={"base": [1, -1]}, intervene_on_prompt=True,
+    _, got = pv_model.generate(PROMPT, unit_locations={"base": [[[1, -1]]]}, intervene_on_prompt=True,
                                generation_steps=steps, **kwargs_for(use_cache))
     assert torch.equal(got, expected)
 

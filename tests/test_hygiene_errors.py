@@ -113,10 +113,11 @@ def test_unknown_mode_and_unit():
         pv.IntervenableModel({"layer": 0, "component": "block_output", "unit": "h"}, MODEL)
 
 
-def test_missing_source_is_an_error_not_a_silent_no_op():
+def test_missing_source_is_named_in_a_warning_not_a_silent_no_op():
     pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output"}, MODEL)
-    with pytest.raises(pv.InputError, match="needs a source"):
-        pv_model(BASE)
+    with pytest.warns(UserWarning, match="did not run"):
+        _, out = pv_model(BASE)  # as in the reference: a run without it
+    assert torch.allclose(out.logits, MODEL(**BASE).logits)
 
 
 def test_ragged_rows_and_batch_mismatch():

@@ -101,7 +101,7 @@ def test_collect_equals_hidden_states(positions, layer):
     """hidden_states[l + 1] is block l's output, except the last one, which HF takes after ln_f."""
     base = torch.arange(BATCH * SEQ).reshape(BATCH, SEQ) % 64
     pv_model = pv.IntervenableModel({"layer": layer, "component": "block_output", "intervention": pv.CollectIntervention}, MODEL)
-    (_, collected), _ = pv_model({"input_ids": base}, unit_locations={"base": positions})
+    (_, collected), _ = pv_model({"input_ids": base}, unit_locations={"base": [[positions]]})
     hidden = MODEL(base, output_hidden_states=True).hidden_states[layer + 1]
     if layer == MODEL.config.n_layer - 1:
         hidden = None

@@ -67,6 +67,7 @@ class AutoencoderIntervention(TrainableIntervention):
             raise ConfigError("AutoencoderIntervention needs latent_dim (the autoencoder's latent width).")
         self.embed_dim = require_embed_dim(self, kwargs)
         self.autoencoder = AutoencoderLayer(self.embed_dim, int(kwargs["latent_dim"]))
+        self.interchange_dim = None  # here it means latent indices: see set_interchange_dim
         self.latent_indices: Optional[List[int]] = None
 
     def set_interchange_dim(self, interchange_dim: Union[int, List[int], torch.Tensor]) -> None:
@@ -78,7 +79,7 @@ class AutoencoderIntervention(TrainableIntervention):
         base_latent = self.autoencoder.encode(base)
         source_latent = self.autoencoder.encode(source.to(base.device))
         if subspaces is not None:
-            mask = subspace_mask(subspaces, self.subspace_partition, base_latent)
+            mask = subspace_mask(subspaces, self.subspace_partition, base_latent, self.use_fast)
             mixed = torch.where(mask, source_latent, base_latent)
         elif self.latent_indices is not None:
             mixed = base_latent.clone()
@@ -143,5 +144,6 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
         source = _require_source(self, self._source(source))
         base_latent = self.encode(base)
         source_latent = self.encode(source.to(base.device))
-        latent = swap(base_latent, source_latent, "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+        latent = swap(base_latent, source_latent, "interchange", subspaces, self.subspace_partition, self.interchange_dim,
+                      use_fast=self.use_fast)
         return InterventionOutput(output=self.decode(latent).to(base.dtype), latent=latent)

@@ -63,6 +63,7 @@ from torch import nn
 
 from ..config import REPRESENTATION_FIELDS
 from ..errors import ShapeError
+from .subspaces import subspace_mask, swap_width  # noqa: F401  subspace_mask re-exported
 from .registry import (  # noqa: F401  re-exported: the registry used to live here
     get_intervention_class,
     intervention_name,
@@ -210,9 +211,9 @@ class Intervention(nn.Module):
         self.subspace_partition = expand_partition(kwargs.get("subspace_partition"))
         embed_dim = kwargs.get("embed_dim")
         self.embed_dim: Optional[int] = int(embed_dim) if embed_dim is not None else None
-        # None means "every dimension"; only an explicit set_interchange_dim narrows it, so a
-        # width inferred for the wrong axis (e.g. conv channels) can never truncate anything.
-        self.interchange_dim: Optional[int] = None
+        # As in the reference, a swap touches the first ``interchange_dim`` dims, ``embed_dim`` by
+        # default; inside IntervenableModel only a different value narrows it (see subspaces.py).
+        self.interchange_dim: Optional[int] = self.embed_dim
         self.low_rank_dimension = kwargs.get("low_rank_dimension")
         source = kwargs.get("source_representation")
         if source is not None:
@@ -232,7 +233,15 @@ class Intervention(nn.Module):
         self.register_buffer("source_representation", source_representation)
 
     def set_interchange_dim(self, interchange_dim: Any) -> None:
+        """Swap only the first ``interchange_dim`` dimensions (when no ``subspaces`` are given)."""
+        if isinstance(interchange_dim, torch.Tensor):
+            interchange_dim = interchange_dim.item()
         self.interchange_dim = int(interchange_dim)
+
+    def _swap(self, base: torch.Tensor, source: torch.Tensor, op: str, subspaces: Any) -> torch.Tensor:
+        """``swap`` with this intervention's partition, ``use_fast``, ``interchange_dim`` and ``embed_dim``."""
+        return swap(base, source, op, subspaces, self.subspace_partition, self.interchange_dim,
+                    use_fast=self.use_fast, embed_dim=self.embed_dim)
 
     @property
     def needs_source(self) -> bool:
@@ -318,34 +327,6 @@ def broadcast_source(source: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         ) from exc
 
 
-def subspace_mask(
-    subspaces: Any, partition: Optional[List[List[int]]], base: torch.Tensor
-) -> torch.Tensor:
-    """Boolean ``[batch, 1.., width]`` mask of the dimensions named by ``subspaces``."""
-    width = base.shape[-1]
-    rows = subspaces.tolist() if isinstance(subspaces, torch.Tensor) else subspaces
-    if rows and not isinstance(rows[0], (list, tuple)):
-        rows = [rows] * base.shape[0]
-    if len(rows) == 1 and base.shape[0] > 1:
-        rows = list(rows) * base.shape[0]
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        dims: List[int] = []
-        for s in row:
-            if partition is not None:
-                if not 0 <= int(s) < len(partition):
-                    raise ShapeError(f"Subspace id {s} is outside the partition of {len(partition)} subspaces.")
-                dims.extend(partition[int(s)])
-            else:
-                dims.append(int(s))
-        if dims and (max(dims) >= width or min(dims) < -width):
-            raise ShapeError(f"Subspace dimension {max(dims)} is outside the width {width}.")
-        mask[i, dims] = True
-    if mask.shape[0] != base.shape[0]:
-        raise ShapeError(f"subspaces give {mask.shape[0]} rows for a batch of {base.shape[0]}.")
-    return mask.to(base.device).view(base.shape[0], *([1] * (base.dim() - 2)), width)
-
-
 def swap(
     base: torch.Tensor,
     source: torch.Tensor,
@@ -353,9 +334,11 @@ def swap(
     subspaces: Any = None,
     partition: Optional[List[List[int]]] = None,
     interchange_dim: Optional[int] = None,
+    use_fast: bool = False,
+    embed_dim: Optional[int] = None,
 ) -> torch.Tensor:
     """Out-of-place ``base <- source`` (op ``"interchange"``), ``base + source`` or ``base - source``,
-    restricted to ``subspaces`` or to the first ``interchange_dim`` dimensions."""
+    restricted to ``subspaces`` or to the first ``interchange_dim`` dimensions (see subspaces.py)."""
     source = broadcast_source(source, base)
     if op == "interchange":
         new = source
@@ -366,8 +349,9 @@ def swap(
     else:  # pragma: no cover - internal
         raise ValueError(op)
     if subspaces is not None:
-        return torch.where(subspace_mask(subspaces, partition, base), new, base)
+        return torch.where(subspace_mask(subspaces, partition, base, use_fast), new, base)
     width = base.shape[-1]
+    interchange_dim = swap_width(interchange_dim, embed_dim)
     if interchange_dim is None or interchange_dim >= width:
         return new
     return torch.cat([new[..., :interchange_dim], base[..., interchange_dim:]], dim=-1)

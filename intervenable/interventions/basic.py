@@ -14,9 +14,8 @@ from .base import (
     Intervention,
     LocalistRepresentationIntervention,
     register_intervention,
-    subspace_mask,
-    swap,
 )
+from .subspaces import select_subspaces, swap_width
 
 
 def _require(source: Optional[torch.Tensor], name: str) -> torch.Tensor:
@@ -34,7 +33,7 @@ class VanillaIntervention(Intervention, LocalistRepresentationIntervention):
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
         src = _require(self._source(source), "VanillaIntervention")
-        return swap(base, src, "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+        return self._swap(base, src, "interchange", subspaces)
 
 
 @register_intervention("AdditionIntervention")
@@ -43,7 +42,7 @@ class AdditionIntervention(BasisAgnosticIntervention, LocalistRepresentationInte
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
         src = _require(self._source(source), "AdditionIntervention")
-        return swap(base, src, "add", subspaces, self.subspace_partition, self.interchange_dim)
+        return self._swap(base, src, "add", subspaces)
 
 
 @register_intervention("SubtractionIntervention")
@@ -52,7 +51,7 @@ class SubtractionIntervention(BasisAgnosticIntervention, LocalistRepresentationI
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
         src = _require(self._source(source), "SubtractionIntervention")
-        return swap(base, src, "subtract", subspaces, self.subspace_partition, self.interchange_dim)
+        return self._swap(base, src, "subtract", subspaces)
 
 
 @register_intervention("ZeroIntervention")
@@ -60,7 +59,7 @@ class ZeroIntervention(ConstantSourceIntervention, LocalistRepresentationInterve
     """Set the selected units (or subspace) to zero."""
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
-        return swap(base, torch.zeros_like(base), "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+        return self._swap(base, torch.zeros_like(base), "interchange", subspaces)
 
 
 @register_intervention("CollectIntervention")
@@ -75,11 +74,10 @@ class CollectIntervention(ConstantSourceIntervention):
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
         if subspaces is not None:
-            mask = subspace_mask(subspaces, self.subspace_partition, base)
-            dims = mask.reshape(base.shape[0], -1)[0].nonzero().flatten()
-            return base[..., dims]
-        if self.interchange_dim is not None and self.interchange_dim < base.shape[-1]:
-            return base[..., : self.interchange_dim]
+            return select_subspaces(base, subspaces, self.subspace_partition, self.use_fast)
+        width = swap_width(self.interchange_dim, self.embed_dim)
+        if width is not None and width < base.shape[-1]:
+            return base[..., :width]
         return base
 
 
@@ -100,7 +98,7 @@ class NoiseIntervention(ConstantSourceIntervention, LocalistRepresentationInterv
     def forward(self, base, source=None, subspaces=None, **kwargs):
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = torch.randn(base.shape, generator=generator, dtype=torch.float32).to(base.device, base.dtype)
-        return swap(base, noise * self.noise_level.to(base.dtype), "add", subspaces, self.subspace_partition, self.interchange_dim)
+        return self._swap(base, noise * self.noise_level.to(base.dtype), "add", subspaces)
 
 
 @register_intervention("SkipIntervention")
@@ -114,7 +112,7 @@ class SkipIntervention(BasisAgnosticIntervention, LocalistRepresentationInterven
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
         src = _require(source, "SkipIntervention")
-        return swap(base, src, "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+        return self._swap(base, src, "interchange", subspaces)
 
 
 def positional_arity(func: Callable[..., Any]) -> Optional[Tuple[int, float]]:

@@ -30,7 +30,6 @@ from .base import (
     TrainableIntervention,
     register_intervention,
     subspace_mask,
-    swap,
 )
 
 
@@ -132,7 +131,7 @@ class RotatedSpaceIntervention(_RotatedBase):
 
     def forward(self, base, source=None, subspaces=None, **kwargs):
         weight, rb, rs = self._rotated(base, source)
-        mixed = swap(rb, rs, "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+        mixed = self._swap(rb, rs, "interchange", subspaces)
         return torch.matmul(mixed, weight.T).to(base.dtype)
 
 
@@ -163,7 +162,7 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention, DistributedRepresen
         weight = self.rotate_layer.weight
         diff = torch.matmul((source.to(device=base.device) - base).to(weight.dtype), weight)
         if subspaces is not None:
-            diff = diff * subspace_mask(subspaces, self.subspace_partition, diff).to(diff.dtype)
+            diff = diff * subspace_mask(subspaces, self.subspace_partition, diff, self.use_fast).to(diff.dtype)
         return (base + torch.matmul(diff, weight.T).to(base.dtype)).to(base.dtype)
 
 
@@ -304,7 +303,7 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
         base_n = (base - self.pca_mean) / self.pca_std
         source_n = (source.to(base.dtype) - self.pca_mean) / self.pca_std
         rb, rs = base_n @ comps.T, source_n @ comps.T
-        mixed = swap(rb, rs, "interchange", subspaces, self.subspace_partition, self.interchange_dim)
+        mixed = self._swap(rb, rs, "interchange", subspaces)
         out_n = base_n + (mixed - rb) @ comps
         return (out_n * self.pca_std + self.pca_mean).to(base.dtype)
 
