@@ -10,6 +10,7 @@ from .errors import (
     IntervenableError,
     LocationError,
     ShapeError,
+    SubspaceError,
 )
 from .hooks import HookSet
 from .causal_model import CausalModel, hierarchical_equality_model

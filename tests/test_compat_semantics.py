@@ -123,7 +123,8 @@ def test_the_engine_sets_the_width_itself():
 
 # -- 3. out-of-range subspaces raise IndexError -------------------------------------------------
 def test_out_of_range_subspace_is_an_index_error():
-    with pytest.raises(IndexError, match="out of range for width 4"):
+    assert issubclass(pv.SubspaceError, IndexError)
+    with pytest.raises(pv.SubspaceError, match="out of range for width 4"):
         pv.VanillaIntervention(embed_dim=4)(B2.clone(), S2.clone(), [[0], [1], [4]])
     with pytest.raises(IndexError, match="partition"):
         pv.VanillaIntervention(embed_dim=4, subspace_partition=[[0, 2], [2, 4]])(B2.clone(), S2.clone(), [[2]] * 3)
