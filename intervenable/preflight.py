@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, TypeV
 import torch
 from torch import nn
 
-from .errors import ConfigError, InputError, IntervenableError, LocationError, closest
+from .errors import ConfigError, InputError, IntervenableError, SubspaceError, closest
 from .inputs import batch_size, check_batched, is_transformers_model
 from .interventions.base import Intervention, registered_interventions
 from .interventions.basic import (
@@ -225,12 +225,12 @@ def _check_subspaces(model: nn.Module, slot: "Slot", rows: Optional[List[List[in
     for row in rows:
         for s in row:
             if partition is not None and not 0 <= s < len(partition):
-                raise LocationError(
+                raise SubspaceError(
                     f"Subspace id {s} is outside the partition of {len(partition)} subspaces at {slot.where()}: "
                     f"use ids 0..{len(partition) - 1}."
                 )
             if partition is None and not -width <= s < width:
-                raise LocationError(
+                raise SubspaceError(
                     f"Subspace dimension {s} is outside the width {width} at {slot.where()}: subspaces index "
                     f"the last dimension of the selected units (0..{width - 1}; negative values count from the end)."
                 )
