@@ -1,78 +1,85 @@
 """intervenable: causal interventions on the internal states of PyTorch models.
 
 API-compatible with pyvene: ``import intervenable as pv``.
+
+Every public name is imported on first use (module ``__getattr__``), so
+``import intervenable`` and ``intervenable --help`` do not pay for torch,
+transformers' modeling code, matplotlib or the sweeps until a name that needs
+them is touched. ``pv.X`` and ``from intervenable import X`` work as usual.
 """
-from .config import IntervenableConfig, RepresentationConfig
-from .errors import (
-    ComponentError,
-    ConfigError,
-    InputError,
-    IntervenableError,
-    LocationError,
-    ShapeError,
-    SubspaceError,
-)
-from .hooks import HookSet
-from .causal_model import CausalModel, hierarchical_equality_model
-from .interventions import (
-    AdditionIntervention,
-    AutoencoderIntervention,
-    BoundlessRotatedSpaceIntervention,
-    JumpReLUAutoencoderIntervention,
-    LoraIntervention,
-    LoRAIntervention,
-    LoreftIntervention,
-    LowRankRotatedSpaceIntervention,
-    NoreftIntervention,
-    PCARotatedSpaceIntervention,
-    RotatedSpaceIntervention,
-    SigmoidMaskIntervention,
-    SigmoidMaskRotatedSpaceIntervention,
-    BasisAgnosticIntervention,
-    CollectIntervention,
-    ConstantSourceIntervention,
-    DistributedRepresentationIntervention,
-    Intervention,
-    InterventionOutput,
-    LambdaIntervention,
-    LocalistRepresentationIntervention,
-    NoiseIntervention,
-    SharedWeightsTrainableIntervention,
-    SkipIntervention,
-    SourcelessIntervention,
-    SubtractionIntervention,
-    TrainableIntervention,
-    VanillaIntervention,
-    ZeroIntervention,
-    get_intervention_class,
-    register_intervention,
-    registered_interventions,
-)
-from .io import SerializationError
-from .model import IntervenableModel, IntervenableModelOutput
-from .models import (
-    GRUConfig,
-    MLPConfig,
-    create_gpt2,
-    create_gpt2_lm,
-    create_gpt_neo,
-    create_gpt_neox,
-    create_gru,
-    create_gru_classifier,
-    create_gru_lm,
-    create_llama,
-    create_mlp_classifier,
-)
-from .sites.archs.mixtral import split_experts
-from .sites import (
-    Architecture,
-    Component,
-    Site,
-    list_components,
-    register_architecture,
-    resolve_component,
-)
-from .sweeps import SweepResult, causal_trace, patching_sweep
-from .training import eval_alignment, train_alignment
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it (relative to this package)
+_EXPORTS: Dict[str, Tuple[str, ...]] = {
+    ".config": ("IntervenableConfig", "RepresentationConfig"),
+    ".errors": ("ComponentError", "ConfigError", "InputError", "IntervenableError", "LocationError", "ShapeError",
+                "SubspaceError"),
+    ".hooks": ("HookSet",),
+    ".causal_model": ("CausalModel", "hierarchical_equality_model"),
+    ".interventions": (
+        "AdditionIntervention", "AutoencoderIntervention", "BoundlessRotatedSpaceIntervention",
+        "JumpReLUAutoencoderIntervention", "LoraIntervention", "LoRAIntervention", "LoreftIntervention",
+        "LowRankRotatedSpaceIntervention", "NoreftIntervention", "PCARotatedSpaceIntervention",
+        "RotatedSpaceIntervention", "SigmoidMaskIntervention", "SigmoidMaskRotatedSpaceIntervention",
+        "BasisAgnosticIntervention", "CollectIntervention", "ConstantSourceIntervention",
+        "DistributedRepresentationIntervention", "Intervention", "InterventionOutput", "LambdaIntervention",
+        "LocalistRepresentationIntervention", "NoiseIntervention", "SharedWeightsTrainableIntervention",
+        "SkipIntervention", "SourcelessIntervention", "SubtractionIntervention", "TrainableIntervention",
+        "VanillaIntervention", "ZeroIntervention", "get_intervention_class", "register_intervention",
+        "registered_interventions",
+    ),
+    ".io": ("SerializationError",),
+    ".model": ("IntervenableModel", "IntervenableModelOutput"),
+    ".models": (
+        "GRUConfig", "MLPConfig", "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox",
+        "create_gru", "create_gru_classifier", "create_gru_lm", "create_llama", "create_mlp_classifier",
+    ),
+    ".sites.archs.mixtral": ("split_experts",),
+    ".sites": ("Architecture", "Component", "Site", "list_components", "register_architecture",
+               "resolve_component"),
+    ".sweeps": ("SweepResult", "causal_trace", "patching_sweep"),
+    ".training": ("eval_alignment", "train_alignment"),
+}
+
+_WHERE: Dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__: List[str] = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module defining ``name`` on first access, then cache the value here."""
+    module = _WHERE.get(name)
+    if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")  # a submodule, e.g. pv.sweeps
+        raise AttributeError(f"module 'intervenable' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .causal_model import CausalModel, hierarchical_equality_model  # noqa: F401
+    from .config import IntervenableConfig, RepresentationConfig  # noqa: F401
+    from .errors import (ComponentError, ConfigError, InputError, IntervenableError,  # noqa: F401
+                         LocationError, ShapeError, SubspaceError)
+    from .hooks import HookSet  # noqa: F401
+    from .interventions import *  # noqa: F401,F403
+    from .io import SerializationError  # noqa: F401
+    from .model import IntervenableModel, IntervenableModelOutput  # noqa: F401
+    from .models import *  # noqa: F401,F403
+    from .sites import (Architecture, Component, Site, list_components, register_architecture,  # noqa: F401
+                        resolve_component)
+    from .sites.archs.mixtral import split_experts  # noqa: F401
+    from .sweeps import SweepResult, causal_trace, patching_sweep  # noqa: F401
+    from .training import eval_alignment, train_alignment  # noqa: F401

@@ -1,20 +1,33 @@
-"""Small built-in models of the reference library's tutorials and pretrained-model helpers."""
-from .gru import (
-    GRUCell,
-    GRUConfig,
-    GRUForClassification,
-    GRULMHeadModel,
-    GRUModel,
-    create_gru,
-    create_gru_classifier,
-    create_gru_lm,
-)
-from .hf import create_gpt2, create_gpt2_lm, create_gpt_neo, create_gpt_neox, create_llama
-from .mlp import MLPConfig, MLPForClassification, MLPModel, create_mlp_classifier
+"""Small built-in models of the reference library's tutorials and pretrained-model helpers.
 
-__all__ = [
-    "GRUCell", "GRUConfig", "GRUForClassification", "GRULMHeadModel", "GRUModel",
-    "create_gru", "create_gru_classifier", "create_gru_lm",
-    "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_llama",
-    "MLPConfig", "MLPForClassification", "MLPModel", "create_mlp_classifier",
-]
+Names are imported on first use: the MLP and GRU subclass transformers'
+``PreTrainedModel``, whose import costs seconds, so ``import intervenable``
+must not pull them in.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, List
+
+_WHERE: Dict[str, str] = {
+    **dict.fromkeys(("GRUCell", "GRUConfig", "GRUForClassification", "GRULMHeadModel", "GRUModel",
+                     "create_gru", "create_gru_classifier", "create_gru_lm"), ".gru"),
+    **dict.fromkeys(("create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_llama"), ".hf"),
+    **dict.fromkeys(("MLPConfig", "MLPForClassification", "MLPModel", "create_mlp_classifier"), ".mlp"),
+}
+
+__all__: List[str] = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module defining ``name`` on first access."""
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'intervenable.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
