@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 EXAMPLES = """examples:
   intervenable trace                                   # the embedded demo model and one of its facts
@@ -43,42 +44,158 @@ def demo_fact() -> Tuple[str, str, Optional[str]]:
     return (_field(fact, "prompt"), _field(fact, "target", "answer"), _field(fact, "subject"))
 
 
-def load_model(name: Optional[str], device: str = "cpu", dtype: str = "float32") -> Tuple[Any, Any]:
-    """(model, tokenizer) from a local directory or hub id; None means the embedded demo model."""
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _torch_dtype(dtype: str, load: bool = True) -> Any:
+    """The torch dtype named by ``--dtype`` (``load=False``: only check the name, without importing torch)."""
+    if dtype not in DTYPES:
+        raise CliError(f"Unknown --dtype {dtype!r}: use float32, float16 or bfloat16.")
+    if not load:
+        return None
     import torch
 
-    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype)
-    if torch_dtype is None:
-        raise CliError(f"Unknown --dtype {dtype!r}: use float32, float16 or bfloat16.")
+    return getattr(torch, dtype)
+
+
+def model_source(name: Optional[str]) -> Tuple[str, Dict[str, Any]]:
+    """(path or hub id, from_pretrained keyword arguments) for ``--model``, without loading anything.
+
+    A local folder loads with ``local_files_only``; a hub id must be in the local cache or the hub must
+    be reachable (checked once, quickly): offline, a name that is neither fails at once.
+    """
     if name is None:
         if not (_demo_dir() / "config.json").exists():
             raise CliError(f"The embedded demo model is not installed ({_demo_dir()} has no config.json): "
                            "pass --model DIR_OR_HUB_ID.")
-        from . import demo
+        return str(_demo_dir()), {"local_files_only": True}
+    path = os.path.expanduser(name)
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if not os.path.isdir(path) and looks_local:
+        raise CliError(f"Model directory {name!r} does not exist: pass a directory with config.json, or a hub id.")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json")):
+        raise CliError(f"Model directory {name!r} has no config.json: pass a folder written by "
+                       "model.save_pretrained(dir) and tokenizer.save_pretrained(dir).")
+    from .models.hf import resolve_source
 
-        loaded = demo.load_demo_model()
-        model, tok = (loaded[0], loaded[1]) if isinstance(loaded, tuple) else (loaded, None)
-        if tok is None:
-            from transformers import AutoTokenizer
-            tok = AutoTokenizer.from_pretrained(str(_demo_dir()))
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    return path, resolve_source(path)
 
-        looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
-        if not os.path.isdir(name) and looks_local:
-            raise CliError(f"Model directory {name!r} does not exist: pass a directory with config.json, or a hub id.")
-        try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-            tok = AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError) as exc:
-            raise CliError(f"Cannot load model {name!r}: it is not a local model directory and could not be "
-                           f"fetched from the hub ({type(exc).__name__}). Pass a directory with config.json "
-                           "and tokenizer files, or a reachable hub id.") from None
+
+def load_tokenizer(name: Optional[str]) -> Tuple[Any, Any]:
+    """(tokenizer, model config) of ``--model``: cheap, so that text arguments are checked before the weights load."""
+    path, kwargs = model_source(name)
+    from transformers import AutoConfig, AutoTokenizer
+
     try:
-        model = model.to(device=device, dtype=torch_dtype).eval()
+        return AutoTokenizer.from_pretrained(path, **kwargs), AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"Cannot load the tokenizer and config of {name!r} ({type(exc).__name__}: {exc}). Pass a "
+                       "directory with config.json and tokenizer files, or a reachable hub id.") from None
+
+
+def load_weights(name: Optional[str], device: str = "cpu", dtype: str = "float32", quiet: bool = False) -> Any:
+    """The model of ``--model`` (None: the embedded demo model), on ``device`` in ``dtype``, in eval mode."""
+    torch_dtype = _torch_dtype(dtype)
+    path, kwargs = model_source(name)
+    from transformers import AutoModelForCausalLM
+
+    if name is None:
+        kwargs = dict(kwargs, attn_implementation="eager")
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"Cannot load model {name!r} ({type(exc).__name__}: {exc}). Pass a directory with "
+                       "config.json and weights, or a reachable hub id.") from None
+    try:
+        return model.to(device=device, dtype=torch_dtype).eval()
     except (RuntimeError, AssertionError) as exc:
         raise CliError(f"Cannot use --device {device!r}: {exc}") from None
-    return model, tok
+
+
+def load_model(name: Optional[str], device: str = "cpu", dtype: str = "float32") -> Tuple[Any, Any]:
+    """(model, tokenizer) from a local directory or hub id; None means the embedded demo model."""
+    _torch_dtype(dtype, load=False)
+    tok, _ = load_tokenizer(name)
+    return load_weights(name, device, dtype), tok
+
+
+# -- argument checks, all before the model's weights are loaded ----------------------
+IMAGE_EXTS = (".png", ".pdf", ".svg")
+DATA_EXTS = (".pt", ".json", ".safetensors")
+
+
+def check_output_path(path: Optional[str], flag: str, exts: Sequence[str], what: str) -> Optional[str]:
+    """``path`` with ``~`` expanded, after checking its extension and that it can be written."""
+    if path is None:
+        return None
+    if not path.strip():
+        raise CliError(f"{flag} is empty: give a file path, e.g. {flag} out/trace{exts[0]}.")
+    p = Path(path).expanduser()
+    if p.suffix.lower() not in exts:
+        raise CliError(f"{flag} {path!r}: {what} is written as {', '.join(exts)}; give a path ending in one of "
+                       f"them, e.g. {flag} out/trace{exts[0]}.")
+    if p.is_dir():
+        raise CliError(f"{flag} {path!r} is a directory: give a file path inside it.")
+    existing = p.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a directory"
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            problem = f"no file can be created in {existing} ({exc.strerror})"
+    if problem is None and p.exists() and not os.access(p, os.W_OK):
+        problem = f"{p} exists and is read-only"
+    if problem:
+        raise CliError(f"{flag} {path!r} cannot be written: {problem}. Choose another path.")
+    return str(p)
+
+
+def _positive(value: Optional[float], flag: str, meaning: str) -> None:
+    if value is not None and value < 1:
+        raise CliError(f"{flag} must be >= 1 ({meaning}); got {value}.")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked from the command line alone: numbers, output paths, empty texts."""
+    _torch_dtype(args.dtype, load=False)
+    _positive(args.batch_size, "--batch-size", "rows per forward")
+    _positive(getattr(args, "window", None), "--window", "layers restored together; ROME uses 10")
+    _positive(getattr(args, "samples", None), "--samples", "noise draws to average; ROME uses 10")
+    if getattr(args, "noise", None) is not None and not args.noise > 0:
+        raise CliError(f"--noise must be > 0 (the std of the Gaussian noise); got {args.noise}.")
+    if args.layers is not None and any(layer < 0 for layer in args.layers):
+        raise CliError(f"--layers must be layer indices >= 0; got {args.layers}.")
+    args.out = check_output_path(args.out, "--out", IMAGE_EXTS, "the heatmap")
+    args.save = check_output_path(args.save, "--save", DATA_EXTS, "the data")
+
+
+def check_texts(args: argparse.Namespace, tok: Any, config: Any, prompt: str, corrupted: Optional[str],
+                subject: Optional[str]) -> None:
+    """Prompt, corrupted prompt, subject, target and layers against the tokenizer and config."""
+    from .sweeps.spec import as_ids, check_layers, subject_range, target_id
+
+    ids = as_ids(prompt, tok, "clean prompt")
+    if corrupted is not None:
+        other = as_ids(corrupted, tok, "corrupted prompt")
+        if other.shape[1] != ids.shape[1]:
+            raise CliError(f"The prompts have {ids.shape[1]} and {other.shape[1]} tokens: positions are patched "
+                           "one-to-one, so give prompts of the same length in tokens.")
+    if subject is not None:
+        subject_range(ids, subject, tok)
+    if args.target is not None:
+        target_id(args.target, tok)
+    n_layers = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers")
+                     if isinstance(getattr(config, k, None), int)), None)
+    check_layers(args.layers, n_layers)
 
 
 def _check_prompt(text: Optional[str], flag: str) -> str:
@@ -99,37 +216,48 @@ def _finish(result: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
-    from .sweeps import causal_trace
-
-    model, tok = load_model(args.model, args.device, args.dtype)
+    check_args(args)
     prompt, target, subject = args.prompt, args.target, args.subject
     if args.model is None and prompt is None:
-        prompt, target, subject = demo_fact()
+        prompt, demo_target, demo_subject = demo_fact()
+        args.target = target = demo_target if target is None else target
+        subject = demo_subject if subject is None and args.corrupted is None else subject
         print(f"demo fact: {prompt!r} -> {target!r} (subject {subject!r})")
     prompt = _check_prompt(prompt, "--prompt")
     if args.corrupted is None and subject is None:
         raise CliError("Give --subject (the words to corrupt with noise) or --corrupted (a counterfactual prompt).")
+    tok, config = load_tokenizer(args.model)
+    check_texts(args, tok, config, prompt, args.corrupted, subject)
+    model = load_weights(args.model, args.device, args.dtype, args.quiet)
+    from .sweeps import causal_trace
+
     result = causal_trace(model, prompt, args.corrupted, target, subject=subject, tokenizer=tok, noise=args.noise,
                           samples=args.samples, components=args.components, window=args.window, sever=args.sever,
-                          batch_size=args.batch_size, progress=False if args.quiet else None)
+                          layers=args.layers, batch_size=args.batch_size, progress=False if args.quiet else None)
     _finish(result, args)
 
 
 def cmd_patch(args: argparse.Namespace) -> None:
-    from .sweeps import patching_sweep
-
-    model, tok = load_model(args.model, args.device, args.dtype)
+    check_args(args)
     clean = _check_prompt(args.clean, "--clean")
     corrupted = _check_prompt(args.corrupted, "--corrupted")
+    tok, config = load_tokenizer(args.model)
+    check_texts(args, tok, config, clean, corrupted, None)
+    model = load_weights(args.model, args.device, args.dtype, args.quiet)
+    from .sweeps import patching_sweep
+
     result = patching_sweep(model, corrupted, clean, args.target, tokenizer=tok, components=args.components,
-                            batch_size=args.batch_size, progress=False if args.quiet else None)
+                            layers=args.layers, batch_size=args.batch_size, progress=False if args.quiet else None)
     _finish(result, args)
 
 
 def cmd_components(args: argparse.Namespace) -> None:
+    _torch_dtype(args.dtype, load=False)
+    if args.layer < 0:
+        raise CliError(f"--layer must be >= 0; got {args.layer}.")
+    model = load_weights(args.model, args.device, args.dtype)
     from .sites.resolve import list_components
 
-    model, _ = load_model(args.model, args.device, args.dtype)
     list_components(model, layer=args.layer)
 
 
@@ -148,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--components", nargs="+", default=["block_output"],
                        help="abstract components or module paths (default block_output)")
         p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: from a memory budget)")
-        p.add_argument("--out", default=None, help="write the heatmap to this PNG path")
+        p.add_argument("--layers", type=int, nargs="+", default=None, help="layers to sweep (default: all)")
+        p.add_argument("--out", default=None, help="write the heatmap to this .png, .pdf or .svg path")
         p.add_argument("--save", default=None, help="write the data to a .pt, .json or .safetensors file")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -14,8 +14,8 @@ from ..sites.registry import find_architecture
 from .fast import classify, find_stack, run_corrupted, run_fast
 from .result import SweepResult
 from .runner import auto_batch_size, capture, logits_of, run_general
-from .spec import (Metric, Plan, Write, add_site, as_ids, make_metric, normalise_positions, subject_range,
-                   target_id, token_strings, window_layers)
+from .spec import (Metric, Plan, Write, add_site, as_ids, check_count, check_layers, check_token_id, make_metric,
+                   normalise_positions, subject_range, target_id, token_strings, token_text, vocab_size, window_layers)
 
 Noise = Optional[Tuple[torch.Tensor, int, int]]
 
@@ -29,6 +29,25 @@ def _n_layers(model: nn.Module) -> int:
         if getattr(config, name, None) is not None:
             return int(getattr(config, name))
     raise ConfigError("Cannot tell how many layers the model has: pass layers=[...] explicitly.")
+
+
+def _n_layers_or_none(model: nn.Module) -> Optional[int]:
+    try:
+        return _n_layers(model)
+    except ConfigError:
+        return None
+
+
+def _check_common(model: nn.Module, layers: Optional[Sequence[int]], batch_size: Optional[int],
+                  components: Sequence[str]) -> Optional[List[int]]:
+    """Checks shared by both sweeps, done before any forward; returns the explicit layers (or None)."""
+    if isinstance(components, str):
+        raise InputError(f"components must be a list of names, e.g. components=[{components!r}]; got a string.")
+    if not list(components):
+        raise InputError("components is empty: give at least one, e.g. components=['block_output'].")
+    if batch_size is not None:
+        check_count(batch_size, "batch_size", "rows per forward")
+    return check_layers(layers, _n_layers_or_none(model))
 
 
 @contextmanager
@@ -126,6 +145,9 @@ def _setup(model: nn.Module, clean: Any, corrupted: Any, target: Any, tokenizer:
             out = model(input_ids=clean_ids.to(next(model.parameters()).device))
         tid = int(logits_of(out)[0, -1].argmax())
     fid = target_id(foil, tokenizer) if foil is not None else None
+    size = vocab_size(model)
+    check_token_id(tid, size, "target")
+    check_token_id(fid, size, "foil")
     return clean_ids, corrupt_ids, tid, make_metric(metric, tid, fid)
 
 
@@ -144,10 +166,11 @@ def patching_sweep(model: nn.Module, base: Any, source: Any, target: Any = None,
     ``"logprob"``, ``"logit"``, ``"logit_diff"`` (with ``foil``) or ``f(logits[rows, vocab]) -> [rows]``
     on the last position. Returns a ``SweepResult`` with axes (component, layer, position[, head]).
     """
+    explicit = _check_common(model, layers, batch_size, components)
     clean_ids, base_ids, tid, fn = _setup(model, source, base, target, tokenizer, foil, metric)
     T = clean_ids.shape[1]
     pos = normalise_positions(positions, T)
-    lay = list(layers) if layers is not None else list(range(_n_layers(model)))
+    lay = explicit if explicit is not None else list(range(_n_layers(model)))
     plan = Plan({}, {}, [], [])
     head_list: Optional[List[int]] = None
     for c, comp in enumerate(components):
@@ -167,8 +190,10 @@ def patching_sweep(model: nn.Module, base: Any, source: Any, target: Any = None,
                     plan.cells.append((c, li, pi) if h is None else (c, li, pi, hi))
     scores, info = _execute(model, plan, clean_ids, base_ids, None, fn, batch_size, memory_budget, fast, progress)
     shape = (len(components), len(lay), len(pos)) + ((len(head_list),) if head_list else ())
-    return _result("patching_sweep", scores, plan, shape, list(components), lay, pos, head_list,
-                   token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
+    result = _result("patching_sweep", scores, plan, shape, list(components), lay, pos, head_list,
+                     token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
+    result.info["target_text"] = token_text(tid, tokenizer)
+    return result
 
 
 def causal_trace(model: nn.Module, clean: Any, corrupted: Any = None, target: Any = None, *,
@@ -189,18 +214,21 @@ def causal_trace(model: nn.Module, clean: Any, corrupted: Any = None, target: An
     Scores are ``metric`` of the last position (default: probability of ``target``, which
     defaults to the clean prompt's top token).
     """
+    explicit = _check_common(model, layers, batch_size, components)
+    window = check_count(window, "window", "layers restored together around each layer; ROME uses 10")
+    samples = check_count(samples, "samples", "noise draws to average; ROME uses 10")
+    if corrupted is None and subject is None:
+        raise InputError("causal_trace needs a corruption: pass subject=... (noised) or corrupted=... (a prompt).")
     clean_ids, corrupt_ids, tid, fn = _setup(model, clean, corrupted, target, tokenizer, foil, metric)
     T = clean_ids.shape[1]
     L = _n_layers(model)
     subj = subject_range(clean_ids, subject, tokenizer) if subject is not None else None
-    if corrupted is None and subj is None:
-        raise InputError("causal_trace needs a corruption: pass subject=... (noised) or corrupted=... (a prompt).")
     if sever not in (None, "mlp", "attention"):
         raise ConfigError(f"sever must be None, 'mlp' or 'attention'; got {sever!r}.")
     if sever is not None and tuple(components) != ("block_output",):
         raise ConfigError("sever=... applies to block_output traces: use components=['block_output'].")
     pos = normalise_positions(positions, T)
-    lay = list(layers) if layers is not None else list(range(L))
+    lay = explicit if explicit is not None else list(range(L))
     plan = Plan({}, {}, [], [])
     frozen = "mlp_output" if sever == "mlp" else "attention_output"
     for c, comp in enumerate(components):
@@ -221,22 +249,24 @@ def causal_trace(model: nn.Module, clean: Any, corrupted: Any = None, target: An
         scale = float(noise) if noise is not None else 3.0 * float(emb.detach().float().std())
         gen = torch.Generator().manual_seed(seed)
         total, infos = None, []
-        for s in range(max(1, samples)):
+        for s in range(samples):
             draw = torch.randn(subj[1] - subj[0], emb.shape[1], generator=gen) * scale
             noise_tensors[f"noise_{s}"] = draw
             sc, inf = _execute(model, plan, clean_ids, clean_ids, (draw, subj[0], subj[1]), fn,
                                batch_size, memory_budget, fast, progress)
             total = sc if total is None else total + sc
             infos.append(inf)
-        scores = total / max(1, samples)
+        scores = total / samples
         info = dict(infos[0])
         info["corrupted_score"] = sum(i["corrupted_score"] for i in infos) / len(infos)
         info["seconds"] = sum(i["seconds"] for i in infos)
         info["forwards"] = sum(i["forwards"] for i in infos)
         info["noise_scale"] = scale
     info.update(window=window, sever=sever, samples=samples)
-    return _result("causal_trace", scores, plan, shape, list(components), lay, pos, None,
-                   token_strings(clean_ids, tokenizer), metric, tid, info, subj, noise_tensors)
+    result = _result("causal_trace", scores, plan, shape, list(components), lay, pos, None,
+                     token_strings(clean_ids, tokenizer), metric, tid, info, subj, noise_tensors)
+    result.info["target_text"] = token_text(tid, tokenizer)
+    return result
 
 
 def _result(kind: str, scores: torch.Tensor, plan: Plan, shape: Tuple[int, ...], components: List[str],

@@ -73,7 +73,10 @@ class SweepResult:
 
     def summary(self) -> str:
         """A few lines: clean / corrupted scores and where restoring helps most."""
-        lines = [f"{self.kind}: metric {self.metric}" + (f" of token {self.target}" if self.target is not None else ""),
+        text = self.info.get("target_text")
+        target = "" if self.target is None else (f" of {text!r} (token {self.target})" if text is not None
+                                                 else f" of token {self.target}")
+        lines = [f"{self.kind}: metric {self.metric}{target}",
                  f"  clean {self.clean_score:.4f}, corrupted {self.corrupted_score:.4f}"]
         for comp in self.components:
             b = self.best(comp)
@@ -90,7 +93,8 @@ class SweepResult:
         try:
             import pandas as pd
         except ImportError:
-            raise ImportError("SweepResult.to_pandas() needs pandas: pip install pandas") from None
+            raise ImportError("SweepResult.to_pandas() needs pandas, an optional dependency: "
+                              "pip install 'intervenable[pandas]' (or pip install pandas).") from None
         records = []
         for idx in torch.cartesian_prod(*[torch.arange(n) for n in self.values.shape]).reshape(-1, self.values.dim()).tolist():
             rec = {"component": self.components[idx[0]], "layer": self.layers[idx[1]],

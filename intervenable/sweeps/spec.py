@@ -60,6 +60,11 @@ def add_site(plan_sites: "dict[str, Site]", layers: "dict[str, Optional[int]]", 
 # -- prompts -------------------------------------------------------------------
 def as_ids(prompt: Any, tokenizer: Any = None, name: str = "prompt") -> torch.Tensor:
     """Token ids ``LongTensor[1, T]`` from a string (needs ``tokenizer``), ids, or a tokenizer dict."""
+    if isinstance(prompt, (list, tuple)) and any(isinstance(p, str) for p in prompt):
+        raise InputError(
+            f"The {name} must be one prompt; got a {type(prompt).__name__} of {len(prompt)} texts. A sweep traces one "
+            "prompt: run one sweep per prompt (or split them over processes with intervenable.distributed)."
+        )
     if isinstance(prompt, str):
         if not prompt.strip():
             raise InputError(f"The {name} is empty: give a non-empty text.")
@@ -101,6 +106,13 @@ def target_id(target: Any, tokenizer: Any = None) -> int:
     for text in (target, " " + target) if not target.startswith(" ") else (target,):
         ids = tokenizer.encode(text, add_special_tokens=False)
         if len(ids) == 1:
+            unk = getattr(tokenizer, "unk_token_id", None)
+            if unk is not None and int(ids[0]) == int(unk) and text.strip() != getattr(tokenizer, "unk_token", None):
+                raise InputError(
+                    f"The target {target!r} is not in the tokenizer's vocabulary: it is tokenised as the unknown "
+                    f"token {tokenizer.decode([unk])!r} (id {unk}), whose probability says nothing about {target!r}. "
+                    "Give a target word the model knows, or its token id if you really mean the unknown token."
+                )
             return int(ids[0])
         tried.append(f"{text!r} -> {[tokenizer.decode([i]) for i in ids]} (ids {ids})")
     raise InputError(
@@ -181,3 +193,52 @@ def normalise_positions(positions: Optional[Sequence[int]], T: int) -> List[int]
             raise InputError(f"Position {p} is out of range for a prompt of {T} tokens (use 0..{T - 1} or negatives).")
         out.append(q)
     return out
+
+
+# -- argument checks (before any forward) ----------------------------------------
+def check_count(value: Any, name: str, meaning: str) -> int:
+    """``value`` as an int >= 1, or ``InputError`` naming ``name`` and what it means."""
+    if isinstance(value, bool) or not isinstance(value, (int, torch.Tensor)) or int(value) != value or int(value) < 1:
+        raise InputError(f"{name} must be a whole number >= 1 ({meaning}); got {value!r}.")
+    return int(value)
+
+
+def check_layers(layers: Optional[Sequence[int]], n_layers: Optional[int]) -> Optional[List[int]]:
+    """Explicit ``layers`` as a list of ints in ``[0, n_layers)`` (not checked when the count is unknown)."""
+    if layers is None:
+        return None
+    if isinstance(layers, (int, str)):
+        raise InputError(f"layers must be a list of layer indices, e.g. layers=[{layers}]; got {layers!r}.")
+    out = [int(layer) for layer in layers]
+    if not out:
+        raise InputError("layers is empty: give at least one layer index, or layers=None for every layer.")
+    bad = [layer for layer in out if layer < 0 or (n_layers is not None and layer >= n_layers)]
+    if bad:
+        where = f"0..{n_layers - 1}" if n_layers is not None else "indices >= 0"
+        raise InputError(f"Layer {bad[0]} is out of range: the model has {n_layers} layers (use {where}).")
+    return out
+
+
+def vocab_size(model: nn.Module) -> Optional[int]:
+    """Rows of the model's output head (or ``config.vocab_size``); None when neither is known."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def check_token_id(tid: Optional[int], size: Optional[int], name: str = "target") -> None:
+    """A token id must index the model's vocabulary."""
+    if tid is not None and size is not None and not 0 <= tid < size:
+        raise InputError(f"The {name} token id {tid} is outside the model's vocabulary (ids 0..{size - 1}): "
+                         f"give a token id below {size}, or the {name} as text with tokenizer=...")
+
+
+def token_text(tid: Optional[int], tokenizer: Any = None) -> Optional[str]:
+    """The decoded text of token ``tid`` (None without a tokenizer)."""
+    if tid is None or tokenizer is None:
+        return None
+    return tokenizer.decode([int(tid)])
