@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Install what is needed (first run only), then the main job: a ROME causal trace of one fact
+# Install the runtime dependencies (first run only), then the main job: a ROME causal trace of one fact
 # of the embedded demo model through the command line (heatmap in out/causal_trace.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh runtime
 if [ -f intervenable/demo/model/config.json ]; then
   exec .venv/bin/python -m intervenable.demo.main "$@"
 fi
