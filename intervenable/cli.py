@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def _torch_dtype(dtype: str, load: bool = True) -> Any:
     return getattr(torch, dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def model_source(name: Optional[str]) -> Tuple[str, Dict[str, Any]]:
     """(path or hub id, from_pretrained keyword arguments) for ``--model``, without loading anything.
 
@@ -97,6 +99,7 @@ def load_weights(name: Optional[str], device: str = "cpu", dtype: str = "float32
     """The model of ``--model`` (None: the embedded demo model), on ``device`` in ``dtype``, in eval mode."""
     torch_dtype = _torch_dtype(dtype)
     path, kwargs = model_source(name)
+    _check_device(device)
     from transformers import AutoModelForCausalLM
 
     if name is None:
@@ -114,6 +117,17 @@ def load_weights(name: Optional[str], device: str = "cpu", dtype: str = "float32
         return model.to(device=device, dtype=torch_dtype).eval()
     except (RuntimeError, AssertionError) as exc:
         raise CliError(f"Cannot use --device {device!r}: {exc}") from None
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError) as exc:
+        raise CliError(f"Unknown --device {device!r} ({exc}): use e.g. cpu, cuda or cuda:1.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {device!r}, but no CUDA device is available here: use --device cpu.")
 
 
 def load_model(name: Optional[str], device: str = "cpu", dtype: str = "float32") -> Tuple[Any, Any]:

@@ -114,3 +114,13 @@ def test_unreachable_hub_fails_with_one_quick_check(capsys, monkeypatch) -> None
 
 def test_a_folder_without_config_is_named(capsys, tmp_path) -> None:
     assert "has no config.json" in _err(capsys, ["components", "--model", str(tmp_path)])
+
+
+def test_an_unknown_device_is_named_before_the_weights_load(model_dir, capsys, monkeypatch) -> None:
+    import transformers
+
+    def no_load(*a, **k):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    assert "Unknown --device 'bogus'" in _err(capsys, trace(model_dir, "--device", "bogus"))
