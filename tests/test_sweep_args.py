@@ -33,7 +33,7 @@ def test_window_must_be_a_positive_count(tiny, window) -> None:
 
 @pytest.mark.parametrize("layers, match", [([99], "Layer 99 is out of range: the model has 3 layers"),
                                            ([-1], "Layer -1 is out of range"), ([], "layers is empty"),
-                                           (2, "layers must be a list")])
+                                           (2, "layers must be a list"), (["1"], "whole-number layer indices")])
 def test_layers_out_of_range(tiny, layers, match) -> None:
     model, tok, calls = tiny
     for sweep in (lambda: causal_trace(model, PROMPT, OTHER, "Ostic", tokenizer=tok, layers=layers, progress=False),

@@ -6,6 +6,7 @@ the corrupted run's value (``source="corrupted"``, used by severed traces).
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -198,9 +199,13 @@ def normalise_positions(positions: Optional[Sequence[int]], T: int) -> List[int]
 # -- argument checks (before any forward) ----------------------------------------
 def check_count(value: Any, name: str, meaning: str) -> int:
     """``value`` as an int >= 1, or ``InputError`` naming ``name`` and what it means."""
-    if isinstance(value, bool) or not isinstance(value, (int, torch.Tensor)) or int(value) != value or int(value) < 1:
+    try:
+        count = operator.index(value)  # ints, numpy ints, integer 0-d tensors; not floats
+    except TypeError:
+        count = None
+    if isinstance(value, bool) or count is None or count < 1:
         raise InputError(f"{name} must be a whole number >= 1 ({meaning}); got {value!r}.")
-    return int(value)
+    return count
 
 
 def check_layers(layers: Optional[Sequence[int]], n_layers: Optional[int]) -> Optional[List[int]]:
@@ -209,7 +214,10 @@ def check_layers(layers: Optional[Sequence[int]], n_layers: Optional[int]) -> Op
         return None
     if isinstance(layers, (int, str)):
         raise InputError(f"layers must be a list of layer indices, e.g. layers=[{layers}]; got {layers!r}.")
-    out = [int(layer) for layer in layers]
+    try:
+        out = [operator.index(layer) for layer in layers]
+    except TypeError:
+        raise InputError(f"layers must be a list of whole-number layer indices; got {layers!r}.") from None
     if not out:
         raise InputError("layers is empty: give at least one layer index, or layers=None for every layer.")
     bad = [layer for layer in out if layer < 0 or (n_layers is not None and layer >= n_layers)]
