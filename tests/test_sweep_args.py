@@ -99,3 +99,9 @@ def test_summary_names_the_target_text(tiny) -> None:
     assert f"of {WORDS[top]!r} (token {top})" in p.summary()
     assert "token 10" in causal_trace(model, tok(PROMPT)["input_ids"], tok(OTHER)["input_ids"], 10,
                                       progress=False).summary()   # no tokenizer: the id only
+
+
+def test_subject_not_in_the_prompt_is_refused_before_the_default_target_run(tiny) -> None:
+    model, tok, calls = tiny
+    _refused(calls, lambda: causal_trace(model, PROMPT, subject="Mira Sol", tokenizer=tok, progress=False),
+             "The subject 'Mira Sol' does not occur in the prompt")

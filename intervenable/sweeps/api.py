@@ -219,10 +219,10 @@ def causal_trace(model: nn.Module, clean: Any, corrupted: Any = None, target: An
     samples = check_count(samples, "samples", "noise draws to average; ROME uses 10")
     if corrupted is None and subject is None:
         raise InputError("causal_trace needs a corruption: pass subject=... (noised) or corrupted=... (a prompt).")
+    subj = subject_range(as_ids(clean, tokenizer, "clean prompt"), subject, tokenizer) if subject is not None else None
     clean_ids, corrupt_ids, tid, fn = _setup(model, clean, corrupted, target, tokenizer, foil, metric)
     T = clean_ids.shape[1]
     L = _n_layers(model)
-    subj = subject_range(clean_ids, subject, tokenizer) if subject is not None else None
     if sever not in (None, "mlp", "attention"):
         raise ConfigError(f"sever must be None, 'mlp' or 'attention'; got {sever!r}.")
     if sever is not None and tuple(components) != ("block_output",):
