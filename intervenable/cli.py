@@ -210,6 +210,23 @@ def check_texts(args: argparse.Namespace, tok: Any, config: Any, prompt: str, co
     n_layers = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers")
                      if isinstance(getattr(config, k, None), int)), None)
     check_layers(args.layers, n_layers)
+    check_components(config, args.components)
+
+
+def check_components(config: Any, components: Sequence[str]) -> None:
+    """Place each component on a weightless copy of the model (meta device): unknown names fail here."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .sites.resolve import resolve_component
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - a model that cannot be built weightless is checked after loading
+        return
+    for component in components:
+        resolve_component(skeleton, component, None if ("." in component or "[" in component) else 0)
 
 
 def _check_prompt(text: Optional[str], flag: str) -> str:

@@ -46,6 +46,8 @@ def trace(model_dir, *extra):
     (["--target", "Plin"], "'Plin' is not in the tokenizer's vocabulary"),
     (["--target", "Ostic Velan"], "not a single token"),
     (["--dtype", "int8"], "Unknown --dtype 'int8'"),
+    (["--components", "block_outptu"], "Unknown component 'block_outptu' for GPT2LMHeadModel. Did you mean 'block_output'"),
+    (["--components", "transformer.h[7].mlp"], "No module 'transformer.h.7.mlp' in GPT2LMHeadModel"),
 ])
 def test_trace_arguments_refused_before_the_weights_load(model_dir, no_weights, capsys, extra, message) -> None:
     assert message in _err(capsys, trace(model_dir, *extra))
