@@ -31,15 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))
 LANGUAGES = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shell": "bash"}
 
-# (file or "*", text the block contains) -> why it cannot run in the test suite
+# (file or "*", language, text a line of the block contains) -> why it cannot run in the test suite
 NOT_RUNNABLE = {
-    ("README.md", "bash scripts/demo.sh"):
+    ("README.md", "bash", "bash scripts/demo.sh"):
         "creates .venv and installs packages (network); scripts/test.sh would run this suite recursively. "
         "CI runs both scripts as its own steps; the demo itself is tests/test_demo.py",
-    ("*", "pip install"): "installs packages from PyPI (network)",
-    ("*", "benchmarks/bench_"): "a benchmark: minutes of CPU, run by hand; results are in docs/benchmarks.md",
-    ("*", '"me/steer"'): "needs the Hugging Face hub (network); the hub code runs against a local fake hub in "
-                          "tests/test_hub.py",
+    ("*", "bash", "pip install"): "installs packages from PyPI (network)",
+    ("*", "bash", "benchmarks/bench_"): "a benchmark: minutes of CPU, run by hand; results are in docs/benchmarks.md",
+    ("*", "python", '"me/steer"'): "needs the Hugging Face hub (network); the hub code runs against a local fake "
+                                   "hub in tests/test_hub.py",
 }
 
 
@@ -77,7 +77,8 @@ ALL_BLOCKS = [b for f in DOC_FILES for b in extract_blocks(f)]
 
 
 def not_runnable_reason(block: Block) -> str:
-    reasons = [why for (file, text), why in NOT_RUNNABLE.items() if file in ("*", block.file) and text in block.code]
+    reasons = [why for (file, language, text), why in NOT_RUNNABLE.items()
+               if file in ("*", block.file) and language == block.language and text in block.code]
     return "; ".join(reasons)
 
 
@@ -183,9 +184,10 @@ def test_bash_blocks_run(block, tiny_model, tmp_path) -> None:
 
 def test_every_block_is_run_or_listed_with_a_reason() -> None:
     assert {b.language for b in ALL_BLOCKS} <= {"python", "bash"}
-    assert len(RUNNABLE) >= 10 and len(PYTHON_FILES) >= 5 and BASH_BLOCKS
-    for (file, text), why in NOT_RUNNABLE.items():  # the list does not rot: every entry still matches a block
-        assert why and any(file in ("*", b.file) and text in b.code for b in ALL_BLOCKS), (file, text)
+    assert len(RUNNABLE) >= 12 and len(PYTHON_FILES) >= 5 and BASH_BLOCKS
+    for (file, language, text), why in NOT_RUNNABLE.items():  # the list does not rot: each entry matches a block
+        assert why and any(file in ("*", b.file) and language == b.language and text in b.code
+                           for b in ALL_BLOCKS), (file, language, text)
 
 
 def test_extraction_finds_fenced_blocks_in_any_position(tmp_path, monkeypatch) -> None:
