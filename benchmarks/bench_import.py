@@ -6,7 +6,8 @@ around the import alone, after ``import torch`` (and, for the rows that say so, 
 
 * ``import intervenable``: the package itself (public names are imported on first use);
 * ``+ core API``: also resolve ``IntervenableModel``, ``IntervenableConfig``, ``VanillaIntervention``
-  (what every script touches first);
+  (what every script touches first; ``IntervenableConfig`` is a ``transformers.PretrainedConfig``, as in
+  the reference, so this includes importing transformers, unless the script already did);
 * ``+ every public name``: ``from intervenable import *`` after ``import torch, transformers``
   (sweeps, built-in MLP/GRU, training, ...);
 * ``intervenable --help``: wall time of the whole command (``python -m intervenable.cli --help``,
@@ -78,7 +79,10 @@ def main() -> None:
     ours = timed_in_child(py, "torch", "import intervenable", n)
     core = timed_in_child(py, "torch", "import intervenable as pv; pv.IntervenableModel; pv.IntervenableConfig; "
                                        "pv.VanillaIntervention", n)
+    core_tf = timed_in_child(py, "torch, transformers", "import intervenable as pv; pv.IntervenableModel; "
+                                                        "pv.IntervenableConfig; pv.VanillaIntervention", n)
     full = timed_in_child(py, "torch, transformers", "from intervenable import *", n)
+    transformers_s = timed_in_child(py, "torch", "import transformers", n)
     help_s = wall([py, "-m", "intervenable.cli", "--help"], n)
     pyvene = (timed_in_child(args.pyvene_python, "torch", "import pyvene", n)
               if args.pyvene_python and os.path.exists(args.pyvene_python) else None)
@@ -90,12 +94,13 @@ def main() -> None:
         return "-" if x is None or pyvene is None or x <= 0 else f"{pyvene / x:.0f}x"
 
     print(f"load average {os.getloadavg()[0]:.2f}, median of {n} fresh interpreters; import torch alone: "
-          f"{cell(torch_s)} s\n")
+          f"{cell(torch_s)} s; import transformers after torch: {cell(transformers_s)} s\n")
     print("| measurement | seconds | target | pyvene import / this |")
     print("|---|---:|---:|---:|")
     print(f"| `import intervenable` after `import torch` | {cell(ours)} | <= 0.5 | {ratio(ours)} |")
     print(f"| ... + core API (IntervenableModel, IntervenableConfig, VanillaIntervention) | {cell(core)} | <= 0.5 | "
           f"{ratio(core)} |")
+    print(f"| ... the same core API after `import torch, transformers` | {cell(core_tf)} | - | {ratio(core_tf)} |")
     print(f"| `from intervenable import *` after `import torch, transformers` | {cell(full)} | - | {ratio(full)} |")
     print(f"| `intervenable --help` (whole command, interpreter start included) | {help_s:.3f} | <= 1.5 | "
           f"{ratio(help_s)} |")
