@@ -113,7 +113,7 @@ def _vocabulary() -> List[str]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    """A GPT-2 (12 layers, width 64, random weights) and a word-level tokenizer of the docs' words."""
+    """A GPT-2 (12 layers, width 64, 128 positions, random weights) and a word-level tokenizer of the docs' words."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -122,10 +122,10 @@ def tiny_model(tmp_path_factory) -> str:
     vocab = _vocabulary()
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                            eos_token="<eos>").save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
+                            model_max_length=128).save_pretrained(folder)
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=64, n_head=4, n_positions=64, vocab_size=len(vocab),
+    GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=64, n_head=4, n_positions=128, vocab_size=len(vocab),
                                bos_token_id=2, eos_token_id=2, pad_token_id=1)).save_pretrained(folder)
     return str(folder)
 
