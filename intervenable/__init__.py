@@ -43,7 +43,7 @@ _EXPORTS: Dict[str, Tuple[str, ...]] = {
     ".sites.archs.mixtral": ("split_experts",),
     ".sites": ("Architecture", "Component", "Site", "list_components", "register_architecture",
                "resolve_component"),
-    ".sweeps": ("SweepResult", "causal_trace", "patching_sweep"),
+    ".sweeps": ("SweepResult", "attribution_patching", "causal_trace", "patching_sweep"),
     ".training": ("eval_alignment", "train_alignment"),
 }
 
@@ -81,5 +81,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .sites import (Architecture, Component, Site, list_components, register_architecture,  # noqa: F401
                         resolve_component)
     from .sites.archs.mixtral import split_experts  # noqa: F401
-    from .sweeps import SweepResult, causal_trace, patching_sweep  # noqa: F401
+    from .sweeps import SweepResult, attribution_patching, causal_trace, patching_sweep  # noqa: F401
     from .training import eval_alignment, train_alignment  # noqa: F401

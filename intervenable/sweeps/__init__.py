@@ -3,10 +3,12 @@
 ``causal_trace`` and ``patching_sweep`` cache the clean run once and pack many
 patched runs into the batch dimension; for GPT-2- and LLaMA-style decoders a
 fast path also reuses the corrupted run's states below each patch (see
-``fast.py`` and docs/sweeps.md).
+``fast.py`` and docs/sweeps.md). ``attribution_patching`` estimates a patching
+sweep from gradients (``attribution.py``, docs/attribution.md).
 """
 from .api import causal_trace, patching_sweep
+from .attribution import attribution_patching
 from .result import SweepResult
 from .spec import Write, window_layers
 
-__all__ = ["causal_trace", "patching_sweep", "SweepResult", "Write", "window_layers"]
+__all__ = ["attribution_patching", "causal_trace", "patching_sweep", "SweepResult", "Write", "window_layers"]

@@ -168,9 +168,24 @@ def patching_sweep(model: nn.Module, base: Any, source: Any, target: Any = None,
     """
     explicit = _check_common(model, layers, batch_size, components)
     clean_ids, base_ids, tid, fn = _setup(model, source, base, target, tokenizer, foil, metric)
-    T = clean_ids.shape[1]
+    plan, lay, pos, head_list = patching_plan(model, components, explicit, positions, heads, clean_ids.shape[1])
+    scores, info = _execute(model, plan, clean_ids, base_ids, None, fn, batch_size, memory_budget, fast, progress)
+    shape = (len(components), len(lay), len(pos)) + ((len(head_list),) if head_list else ())
+    result = _result("patching_sweep", scores, plan, shape, list(components), lay, pos, head_list,
+                     token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
+    result.info["target_text"] = token_text(tid, tokenizer)
+    return result
+
+
+def patching_plan(model: nn.Module, components: Sequence[str], layers: Optional[Sequence[int]],
+                  positions: Optional[Sequence[int]], heads: Union[None, str, Sequence[int]],
+                  T: int) -> Tuple[Plan, List[int], List[int], Optional[List[int]]]:
+    """The rows of an activation-patching sweep (one write each) and its axes: (plan, layers, positions, heads).
+
+    Shared by ``patching_sweep`` and ``attribution_patching`` so both give the same cells.
+    """
     pos = normalise_positions(positions, T)
-    lay = explicit if explicit is not None else list(range(_n_layers(model)))
+    lay = list(layers) if layers is not None else list(range(_n_layers(model)))
     plan = Plan({}, {}, [], [])
     head_list: Optional[List[int]] = None
     for c, comp in enumerate(components):
@@ -188,12 +203,7 @@ def patching_sweep(model: nn.Module, base: Any, source: Any, target: Any = None,
                 for hi, h in enumerate(head_list if heads is not None else [None]):
                     plan.rows.append((Write(key, p, h),))
                     plan.cells.append((c, li, pi) if h is None else (c, li, pi, hi))
-    scores, info = _execute(model, plan, clean_ids, base_ids, None, fn, batch_size, memory_budget, fast, progress)
-    shape = (len(components), len(lay), len(pos)) + ((len(head_list),) if head_list else ())
-    result = _result("patching_sweep", scores, plan, shape, list(components), lay, pos, head_list,
-                     token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
-    result.info["target_text"] = token_text(tid, tokenizer)
-    return result
+    return plan, lay, pos, head_list
 
 
 def causal_trace(model: nn.Module, clean: Any, corrupted: Any = None, target: Any = None, *,

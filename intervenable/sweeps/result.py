@@ -76,13 +76,29 @@ class SweepResult:
         text = self.info.get("target_text")
         target = "" if self.target is None else (f" of {text!r} (token {self.target})" if text is not None
                                                  else f" of token {self.target}")
-        lines = [f"{self.kind}: metric {self.metric}{target}",
+        method = f" ({self.info['method']})" if self.info.get("method") else ""
+        lines = [f"{self.kind}{method}: metric {self.metric}{target}",
                  f"  clean {self.clean_score:.4f}, corrupted {self.corrupted_score:.4f}"]
         for comp in self.components:
             b = self.best(comp)
             lines.append(f"  {comp}: best {b['value']:.4f} at layer {b['layer']}, position {b['position']} "
                          f"({b['token']!r})" + (f", head {b['head']}" if "head" in b else ""))
+        if "exact" in self.tensors:
+            lines += self._verified_lines()
         return "\n".join(lines)
+
+    def _verified_lines(self, limit: int = 10) -> List[str]:
+        """Estimate beside exact value for the cells an attribution sweep verified (``tensors["exact"]``)."""
+        exact = self.tensors["exact"]
+        cells = [[int(i) for i in c] for c in torch.nonzero(~torch.isnan(exact)).tolist()]
+        cells.sort(key=lambda c: -abs(float(self.values[tuple(c)]) - self.corrupted_score))
+        lines = [f"  verified {len(cells)} cells by exact patching: max |estimate - exact| "
+                 f"{float(self.info.get('verify_max_abs_error', float('nan'))):.4f}"]
+        for c in cells[:limit]:
+            where = (f"{self.components[c[0]]} layer {self.layers[c[1]]}, position {self.positions[c[2]]} "
+                     f"({self.tokens[c[2]]!r})" + (f", head {self.heads[c[3]]}" if self.heads else ""))
+            lines.append(f"    {where}: estimate {float(self.values[tuple(c)]):.4f}, exact {float(exact[tuple(c)]):.4f}")
+        return lines
 
     def __repr__(self) -> str:
         dims = ", ".join(f"{a}={n}" for a, n in zip(self.axes, self.values.shape))

@@ -130,6 +130,17 @@ def group_writes(rows: Sequence[Row], values: Values, sites: Dict[str, Site], of
     return out
 
 
+def budget_bytes(model: nn.Module, memory_budget: Optional[int] = None) -> int:
+    """``memory_budget`` when given, else 512 MiB on CPU or half the free memory of the model's GPU."""
+    if memory_budget is not None:
+        return int(memory_budget)
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(param.device)
+        return free // 2
+    return 512 * 2**20
+
+
 def auto_batch_size(model: nn.Module, T: int, n_rows: int, memory_budget: Optional[int] = None) -> int:
     """Rows per forward that fit ``memory_budget`` bytes (default: 512 MiB on CPU, half the free GPU memory)."""
     config = getattr(model, "config", None)
@@ -138,12 +149,7 @@ def auto_batch_size(model: nn.Module, T: int, n_rows: int, memory_budget: Option
     inner = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d)
     param = next(iter(model.parameters()), None)
     elem = param.element_size() if param is not None else 4
-    if memory_budget is None:
-        if param is not None and param.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(param.device)
-            memory_budget = free // 2
-        else:
-            memory_budget = 512 * 2**20
+    memory_budget = budget_bytes(model, memory_budget)
     per_row = T * (8 * d + 2 * inner + 3 * heads * T) * elem + 4 * int(getattr(config, "vocab_size", 0) or 0)
     return int(max(1, min(n_rows, 1024, memory_budget // max(per_row, 1))))
 

@@ -1,0 +1,140 @@
+"""``attribution_patching``: every site's patching effect from gradients, verified exactly where it matters.
+
+Activation patching costs one (partial) forward per site. Attribution patching
+(AtP: Nanda 2023; Kramar et al. 2024; Syed et al. 2023) estimates the effect of
+copying activation ``a`` from the source run into the base run as
+``(a_source - a_base) . dMetric/da`` for every site at once, from one source
+forward, one base forward and one backward. ``method="ig"`` (as in EAP-IG,
+Hanna et al. 2024) averages the gradient over ``steps`` points of the straight
+path from the base to the source activations instead of taking it at the base
+point only. The sites, cells and result are those of ``patching_sweep`` (same
+``patching_plan``), so the two compare cell by cell; ``verify=k`` reruns the
+``k`` largest estimates with exact patching.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .api import _execute, _result, _setup, patching_plan
+from .gradients import activations_only, attribution_per_site, site_gradients
+from .result import SweepResult
+from .runner import auto_batch_size, budget_bytes, capture
+from .spec import Metric, Plan, token_strings
+
+METHODS = ("atp", "ig")
+DEFAULT_STEPS = 8
+
+
+def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any = None, *,
+                         components: Sequence[str] = ("block_output",), layers: Optional[Sequence[int]] = None,
+                         positions: Optional[Sequence[int]] = None, heads: Union[None, str, Sequence[int]] = None,
+                         metric: Metric = "prob", foil: Any = None, tokenizer: Any = None, method: str = "atp",
+                         steps: Optional[int] = None, verify: Optional[int] = None,
+                         batch_size: Optional[int] = None, memory_budget: Optional[int] = None,
+                         fast: Optional[bool] = None) -> SweepResult:
+    """Estimate ``patching_sweep(model, base, source, ...)`` from gradients; same arguments, same result axes.
+
+    Each cell holds the base run's score plus the estimated change from copying that one activation
+    from ``source``: ``(a_source - a_base) . dMetric/da`` (``method="atp"``: one backward for all sites),
+    or the same with the gradient averaged over ``steps`` (default 8) points of the straight path from
+    the base to the source activations (``method="ig"``: ``steps`` forwards and backwards, batched).
+    Head components with ``heads=...`` give one estimate per head from the same backward.
+    ``verify=k`` reruns the ``k`` cells with the largest ``|estimate - base score|`` by exact patching
+    (the sweeps' fast path when the model has one) and stores them in ``result.tensors["exact"]``
+    (NaN elsewhere); ``summary()`` lists both. Gradients are taken with respect to activations only:
+    parameters are frozen meanwhile and left exactly as found (no ``.grad`` is created).
+    ``batch_size`` / ``memory_budget`` bound the rows of an IG forward (and of the verification).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"Unknown method {method!r}: use 'atp' (linear estimate) or 'ig' (integrated gradients); "
+                          "for exact patching call patching_sweep.")
+    if steps is not None and method != "ig":
+        raise ConfigError("steps=... applies to method='ig' only: drop it, or pass method='ig'.")
+    n_steps = DEFAULT_STEPS if steps is None else int(steps)
+    if n_steps < 1:
+        raise ConfigError(f"steps must be a positive number of points on the path; got {steps!r}.")
+    if verify is not None and (isinstance(verify, bool) or int(verify) < 1):
+        raise ConfigError(f"verify must be a positive number of sites to rerun exactly (or None); got {verify!r}.")
+    clean_ids, base_ids, tid, fn = _setup(model, source, base, target, tokenizer, foil, metric)
+    plan, lay, pos, head_list = patching_plan(model, components, layers, positions, heads, clean_ids.shape[1])
+    for key, site in plan.sites.items():
+        if not site.writable:
+            raise ConfigError(f"{key!r} is a read-only site ({site.describe()}): it cannot be patched, so it has "
+                              "no patching effect to estimate. Pick a writable component.")
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    clean_ids, base_ids = clean_ids.to(device), base_ids.to(device)
+    with activations_only(model):
+        with torch.no_grad():
+            clean_logits, src = capture(model, clean_ids, plan.sites, plan.sites.keys())
+        if method == "atp":
+            base_scores, base_acts, grads = site_gradients(model, base_ids, plan.sites, fn)
+            rows, forwards = 1, 1
+        else:
+            with torch.no_grad():
+                base_logits, base_acts = capture(model, base_ids, plan.sites, plan.sites.keys())
+            base_scores = fn(base_logits.float()).float()
+            grads, rows, forwards = _path_gradients(model, base_ids, plan, fn, n_steps, base_acts, src,
+                                                    batch_size, memory_budget)
+    attr = attribution_per_site(plan.sites, base_acts, src, grads)
+    corrupted_score = float(base_scores[0])
+    scores = torch.tensor([corrupted_score + float(_cell(attr, row[0])) for row in plan.rows])
+    info: Dict[str, Any] = {"path": method, "method": method, "fallback_reason": "", "batch_size": rows,
+                            "forwards": forwards + 1, "backwards": forwards, "seconds": time.perf_counter() - t0,
+                            "clean_score": float(fn(clean_logits.float())[0]), "corrupted_score": corrupted_score}
+    if method == "ig":
+        info["steps"] = n_steps
+    shape = (len(components), len(lay), len(pos)) + ((len(head_list),) if head_list else ())
+    result = _result("attribution_patching", scores, plan, shape, list(components), lay, pos, head_list,
+                     token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
+    if verify:
+        _verify(result, model, plan, scores, int(verify), clean_ids, base_ids, fn, batch_size, memory_budget, fast)
+    return result
+
+
+def _cell(attr: Dict[str, torch.Tensor], write: Any) -> torch.Tensor:
+    a = attr[write.site]
+    return a[write.head, write.pos] if write.head is not None else a[write.pos]
+
+
+def _path_gradients(model: nn.Module, ids: torch.Tensor, plan: Plan, fn: Any, steps: int,
+                    base: Dict[str, torch.Tensor], source: Dict[str, torch.Tensor],
+                    batch_size: Optional[int], memory_budget: Optional[int]):
+    """Gradients averaged over the midpoints ``(k + 0.5) / steps`` of the straight path, in batches of rows."""
+    T = ids.shape[1]
+    if batch_size is None:
+        # A backward keeps every layer's activations: the sweeps' per-forward estimate, times the layers swept.
+        n_layers = max(1, len({l for l in plan.layers.values()}))
+        batch_size = auto_batch_size(model, T, steps, max(1, budget_bytes(model, memory_budget) // (2 * n_layers)))
+    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    total: Dict[str, torch.Tensor] = {}
+    calls = 0
+    for start in range(0, steps, batch_size):
+        chunk = alphas[start:start + batch_size].to(ids.device)
+        _, _, grads = site_gradients(model, ids, plan.sites, fn, (chunk, base, source))
+        for key, g in grads.items():
+            total[key] = g if key not in total else total[key] + g
+        calls += 1
+    return {k: v / steps for k, v in total.items()}, int(min(batch_size, steps)), calls
+
+
+def _verify(result: SweepResult, model: nn.Module, plan: Plan, scores: torch.Tensor, k: int,
+            clean_ids: torch.Tensor, base_ids: torch.Tensor, fn: Any, batch_size: Optional[int],
+            memory_budget: Optional[int], fast: Optional[bool]) -> None:
+    """Exact patching of the ``k`` cells with the largest estimated effect; adds ``tensors["exact"]``."""
+    effect = (scores - result.corrupted_score).abs()
+    top: List[int] = torch.argsort(effect, descending=True, stable=True)[:k].tolist()
+    sub = Plan(plan.sites, plan.layers, [plan.rows[i] for i in top], [plan.cells[i] for i in top])
+    exact, info = _execute(model, sub, clean_ids, base_ids, None, fn, batch_size, memory_budget, fast, False)
+    table = torch.full_like(result.values, float("nan"))
+    for value, cell in zip(exact.tolist(), sub.cells):
+        table[cell] = value
+    result.tensors["exact"] = table
+    err = (exact - scores[top]).abs()
+    result.info.update(verified=len(top), verify_path=info["path"], verify_forwards=info["forwards"],
+                       verify_seconds=info["seconds"], verify_max_abs_error=float(err.max()) if len(top) else 0.0)

@@ -1,0 +1,117 @@
+"""Gradients of a metric with respect to the activations at chosen sites, never the weights.
+
+One forward of the base input with a hook per site that adds a zero "probe"
+tensor (a leaf that requires grad) to the site's activation, then one
+``torch.autograd.grad`` of the summed metric with respect to the probes: the
+probe's gradient is the metric's gradient at that activation. The model's
+parameters are frozen meanwhile (``requires_grad=False``, restored after), so
+no weight gradient is computed or stored, and ``.grad`` of the parameters is
+never touched.
+
+For integrated gradients the same forward runs ``len(alphas)`` rows at once;
+row ``k`` sets every site to ``base + alphas[k] * (source - base)`` (the
+straight path between the cached activations) while letting gradients flow
+through the model's own computation (a straight-through replacement), so the
+gradient at an upstream site still sees every downstream path.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..engine import read_input, write_input
+from ..hooks import HookSet
+from ..sites.site import Site, extract, replace
+from .runner import logits_kwargs, logits_of
+
+Acts = Dict[str, torch.Tensor]  # site key -> raw activation [rows, T, ...]
+
+
+@contextmanager
+def activations_only(model: nn.Module) -> Iterator[None]:
+    """Eval mode, grad enabled, parameters frozen; restores training mode and every ``requires_grad`` flag."""
+    was_training = model.training
+    flags: List[Tuple[nn.Parameter, bool]] = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _probe_hook(key: str, site: Site, probes: Acts, seen: Acts,
+                path: Optional[Tuple[torch.Tensor, Acts, Acts]]) -> Callable[..., Any]:
+    """A hook adding a zero leaf probe to the site's activation (after moving it onto the path, for IG)."""
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if path is not None:
+            alphas, base, source = path
+            view = site.to_view(x)
+            a = alphas.to(view.dtype).view(-1, *([1] * (view.dim() - 1)))
+            b, s = site.to_view(base[key]).to(view.dtype), site.to_view(source[key]).to(view.dtype)
+            point = b + a * (s - b)
+            x = site.from_view(x, point + (view - view.detach()))  # value on the path, gradient through the model
+        else:
+            seen[key] = x.detach()
+        probe = torch.zeros_like(x, requires_grad=True)
+        probes[key] = probe
+        return x + probe
+
+    if site.hook == "input":
+        def pre(module, args, kwargs):
+            return write_input(site, args, kwargs, apply(read_input(site, args, kwargs)))
+        return pre
+
+    def post(module, args, kwargs, output):
+        return replace(site, output, apply(extract(site, output)))
+    return post
+
+
+def site_gradients(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site],
+                   metric: Callable[[torch.Tensor], torch.Tensor],
+                   path: Optional[Tuple[torch.Tensor, Acts, Acts]] = None) -> Tuple[torch.Tensor, Acts, Acts]:
+    """One forward and one backward of ``ids`` (repeated once per alpha when ``path`` is given).
+
+    Returns (metric per row, activation per site (only without ``path``), gradient per site summed over
+    rows). ``path``: (alphas, base activations, source activations) for integrated gradients.
+    Call inside ``activations_only(model)``.
+    """
+    probes: Acts = {}
+    seen: Acts = {}
+    rows = 1 if path is None else int(path[0].numel())
+    with HookSet() as hooks:
+        for key, site in sites.items():
+            hooks.add(site.module, site.hook, _probe_hook(key, site, probes, seen, path))
+        out = model(input_ids=ids.expand(rows, -1), **logits_kwargs(model))
+    scores = metric(logits_of(out)[:, -1])
+    keys = [k for k in sites if k in probes]
+    missing = [k for k in sites if k not in probes]
+    if missing:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"The sites {missing} were never reached by the forward pass: check the components.")
+    grads = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+    out_grads = {k: (g.detach().sum(0, keepdim=True) if g is not None else torch.zeros_like(probes[k][:1]))
+                 for k, g in zip(keys, grads)}
+    return scores.detach().float(), seen, out_grads
+
+
+def attribution_per_site(sites: Dict[str, Site], base: Acts, source: Acts, grads: Acts) -> Dict[str, torch.Tensor]:
+    """Per site, ``(source - base) . grad`` summed over the feature dims: ``[T]``, or ``[heads, T]`` for head views."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, site in sites.items():
+        diff = site.to_view((source[key] - base[key]).float())
+        prod = diff * site.to_view(grads[key].float())
+        if site.has_heads and prod.dim() == 4:
+            out[key] = prod[0].sum(-1)  # [heads, T]
+        else:
+            out[key] = prod[0].reshape(prod.shape[1], -1).sum(-1)  # [T]
+    return out
