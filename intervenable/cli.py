@@ -17,6 +17,7 @@ EXAMPLES = """examples:
       --components block_output mlp_output attention_output --window 10
   intervenable patch --model ./my-gpt2 --clean "The Eiffel Tower is in" --corrupted "The Colosseum is in" \\
       --target " Paris" --out out/patch.png
+  intervenable patch --model ./my-gpt2 --clean "..." --corrupted "..." --target " Paris" --method atp --verify 10
   intervenable components --model ./my-gpt2
 """
 
@@ -238,8 +239,8 @@ def _check_prompt(text: Optional[str], flag: str) -> str:
 def _finish(result: Any, args: argparse.Namespace) -> None:
     print(result.summary())
     info = result.info
-    print(f"  {info['path']} path, {info['forwards']} forwards of up to {info['batch_size']} rows, "
-          f"{info['seconds']:.2f} s")
+    runs = f"{info['forwards']} forwards" + (f" and {info['backwards']} backwards" if "backwards" in info else "")
+    print(f"  {info['path']} path, {runs} of up to {info['batch_size']} rows, {info['seconds']:.2f} s")
     if args.out:
         print(f"heatmap written to {result.save(args.out)}")
     if args.save:
@@ -270,15 +271,25 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
 def cmd_patch(args: argparse.Namespace) -> None:
     check_args(args)
+    if args.method == "exact" and (args.verify is not None or args.steps is not None):
+        raise CliError("--verify and --steps apply to --method atp or ig (exact patching is already exact).")
+    _positive(args.steps, "--steps", "points on the integrated-gradients path")
+    _positive(args.verify, "--verify", "cells rerun by exact patching")
     clean = _check_prompt(args.clean, "--clean")
     corrupted = _check_prompt(args.corrupted, "--corrupted")
     tok, config = load_tokenizer(args.model)
     check_texts(args, tok, config, clean, corrupted, None)
     model = load_weights(args.model, args.device, args.dtype, args.quiet)
-    from .sweeps import patching_sweep
+    from .sweeps import attribution_patching, patching_sweep
 
-    result = patching_sweep(model, corrupted, clean, args.target, tokenizer=tok, components=args.components,
-                            layers=args.layers, batch_size=args.batch_size, progress=False if args.quiet else None)
+    if args.method == "exact":
+        result = patching_sweep(model, corrupted, clean, args.target, tokenizer=tok, components=args.components,
+                                layers=args.layers, batch_size=args.batch_size,
+                                progress=False if args.quiet else None)
+    else:
+        result = attribution_patching(model, corrupted, clean, args.target, tokenizer=tok, components=args.components,
+                                      layers=args.layers, method=args.method, steps=args.steps, verify=args.verify,
+                                      batch_size=args.batch_size)
     _finish(result, args)
 
 
@@ -331,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep(p)
     p.add_argument("--clean", required=True, help="the prompt whose activations are copied in")
     p.add_argument("--corrupted", required=True, help="the prompt that is run and patched (same length)")
+    p.add_argument("--method", choices=["exact", "atp", "ig"], default="exact",
+                   help="exact patching (default), or estimates from gradients: atp (one backward) or ig "
+                        "(integrated gradients)")
+    p.add_argument("--steps", type=int, default=None, help="points on the path for --method ig (default 8)")
+    p.add_argument("--verify", type=int, default=None, metavar="K",
+                   help="with atp/ig: rerun the K largest estimates by exact patching and print both")
     p.set_defaults(func=cmd_patch)
 
     c = sub.add_parser("components", help="list the components of a model and the modules they hook")

@@ -4,10 +4,10 @@ Activation patching costs one (partial) forward per site. Attribution patching
 (AtP: Nanda 2023; Kramar et al. 2024; Syed et al. 2023) estimates the effect of
 copying activation ``a`` from the source run into the base run as
 ``(a_source - a_base) . dMetric/da`` for every site at once, from one source
-forward, one base forward and one backward. ``method="ig"`` (as in EAP-IG,
-Hanna et al. 2024) averages the gradient over ``steps`` points of the straight
-path from the base to the source activations instead of taking it at the base
-point only. The sites, cells and result are those of ``patching_sweep`` (same
+forward, one base forward and one backward. ``method="ig"`` (EAP-IG, Hanna et al.
+2024) averages the gradient over ``steps`` points of the straight path from
+the base to the source prompt's token embeddings, along which every site moves
+from its base to its source activation, instead of taking it at the base point. The sites, cells and result are those of ``patching_sweep`` (same
 ``patching_plan``), so the two compare cell by cell; ``verify=k`` reruns the
 ``k`` largest estimates with exact patching.
 """
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .api import _execute, _result, _setup, patching_plan
+from .api import _execute, _n_layers, _result, _setup, patching_plan
 from .gradients import activations_only, attribution_per_site, site_gradients
 from .result import SweepResult
 from .runner import auto_batch_size, budget_bytes, capture
@@ -42,7 +42,7 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
     Each cell holds the base run's score plus the estimated change from copying that one activation
     from ``source``: ``(a_source - a_base) . dMetric/da`` (``method="atp"``: one backward for all sites),
     or the same with the gradient averaged over ``steps`` (default 8) points of the straight path from
-    the base to the source activations (``method="ig"``: ``steps`` forwards and backwards, batched).
+    the base to the source token embeddings (``method="ig"``: ``steps`` forwards and backwards, batched).
     Head components with ``heads=...`` give one estimate per head from the same backward.
     ``verify=k`` reruns the ``k`` cells with the largest ``|estimate - base score|`` by exact patching
     (the sweeps' fast path when the model has one) and stores them in ``result.tensors["exact"]``
@@ -79,7 +79,7 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
             with torch.no_grad():
                 base_logits, base_acts = capture(model, base_ids, plan.sites, plan.sites.keys())
             base_scores = fn(base_logits.float()).float()
-            grads, rows, forwards = _path_gradients(model, base_ids, plan, fn, n_steps, base_acts, src,
+            grads, rows, forwards = _path_gradients(model, base_ids, clean_ids, plan, fn, n_steps,
                                                     batch_size, memory_budget)
     attr = attribution_per_site(plan.sites, base_acts, src, grads)
     corrupted_score = float(base_scores[0])
@@ -102,25 +102,38 @@ def _cell(attr: Dict[str, torch.Tensor], write: Any) -> torch.Tensor:
     return a[write.head, write.pos] if write.head is not None else a[write.pos]
 
 
-def _path_gradients(model: nn.Module, ids: torch.Tensor, plan: Plan, fn: Any, steps: int,
-                    base: Dict[str, torch.Tensor], source: Dict[str, torch.Tensor],
-                    batch_size: Optional[int], memory_budget: Optional[int]):
-    """Gradients averaged over the midpoints ``(k + 0.5) / steps`` of the straight path, in batches of rows."""
+def _path_gradients(model: nn.Module, ids: torch.Tensor, source_ids: torch.Tensor, plan: Plan, fn: Any,
+                    steps: int, batch_size: Optional[int], memory_budget: Optional[int]):
+    """Gradients averaged over the midpoints ``(k + 0.5) / steps`` of the straight path between the two
+    prompts' token embeddings, ``batch_size`` points per forward."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not isinstance(emb, nn.Module):
+        raise ConfigError("method='ig' interpolates the token embeddings, but the model has no "
+                          "get_input_embeddings(): use method='atp'.")
+    with torch.no_grad():
+        e_base, e_source = emb(ids), emb(source_ids)
     T = ids.shape[1]
     if batch_size is None:
-        # A backward keeps every layer's activations: the sweeps' per-forward estimate, times the layers swept.
-        n_layers = max(1, len({l for l in plan.layers.values()}))
-        batch_size = auto_batch_size(model, T, steps, max(1, budget_bytes(model, memory_budget) // (2 * n_layers)))
+        # A backward keeps every layer's activations: the sweeps' per-forward estimate, times the layers.
+        budget = budget_bytes(model, memory_budget) // (2 * max(1, _n_layers_or_one(model)))
+        batch_size = auto_batch_size(model, T, steps, max(1, budget))
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
     total: Dict[str, torch.Tensor] = {}
     calls = 0
     for start in range(0, steps, batch_size):
         chunk = alphas[start:start + batch_size].to(ids.device)
-        _, _, grads = site_gradients(model, ids, plan.sites, fn, (chunk, base, source))
+        _, _, grads = site_gradients(model, ids, plan.sites, fn, (chunk, e_base, e_source))
         for key, g in grads.items():
             total[key] = g if key not in total else total[key] + g
         calls += 1
     return {k: v / steps for k, v in total.items()}, int(min(batch_size, steps)), calls
+
+
+def _n_layers_or_one(model: nn.Module) -> int:
+    try:
+        return _n_layers(model)
+    except ConfigError:
+        return 1
 
 
 def _verify(result: SweepResult, model: nn.Module, plan: Plan, scores: torch.Tensor, k: int,

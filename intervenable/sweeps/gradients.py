@@ -9,10 +9,11 @@ no weight gradient is computed or stored, and ``.grad`` of the parameters is
 never touched.
 
 For integrated gradients the same forward runs ``len(alphas)`` rows at once;
-row ``k`` sets every site to ``base + alphas[k] * (source - base)`` (the
-straight path between the cached activations) while letting gradients flow
-through the model's own computation (a straight-through replacement), so the
-gradient at an upstream site still sees every downstream path.
+row ``k`` replaces the token embeddings by ``e_base + alphas[k] * (e_source -
+e_base)``, the straight path between the two prompts' inputs (EAP-IG, Hanna et
+al. 2024), so every site's activation moves from its base to its source value
+together, as the model computes it. The path does not depend on which sites
+are swept.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..engine import read_input, write_input
+from ..errors import ConfigError
 from ..hooks import HookSet
 from ..sites.site import Site, extract, replace
 from .runner import logits_kwargs, logits_of
@@ -47,20 +49,11 @@ def activations_only(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _probe_hook(key: str, site: Site, probes: Acts, seen: Acts,
-                path: Optional[Tuple[torch.Tensor, Acts, Acts]]) -> Callable[..., Any]:
-    """A hook adding a zero leaf probe to the site's activation (after moving it onto the path, for IG)."""
+def _probe_hook(key: str, site: Site, probes: Acts, seen: Acts) -> Callable[..., Any]:
+    """A hook adding a zero leaf probe to the site's activation (and keeping the activation in ``seen``)."""
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        if path is not None:
-            alphas, base, source = path
-            view = site.to_view(x)
-            a = alphas.to(view.dtype).view(-1, *([1] * (view.dim() - 1)))
-            b, s = site.to_view(base[key]).to(view.dtype), site.to_view(source[key]).to(view.dtype)
-            point = b + a * (s - b)
-            x = site.from_view(x, point + (view - view.detach()))  # value on the path, gradient through the model
-        else:
-            seen[key] = x.detach()
+        seen[key] = x.detach()
         probe = torch.zeros_like(x, requires_grad=True)
         probes[key] = probe
         return x + probe
@@ -75,29 +68,38 @@ def _probe_hook(key: str, site: Site, probes: Acts, seen: Acts,
     return post
 
 
+def _embedding_path(alphas: torch.Tensor, base: torch.Tensor, source: torch.Tensor) -> Callable[..., Any]:
+    """A hook on the input embeddings: row ``k`` gets ``base + alphas[k] * (source - base)``."""
+
+    def post(module, args, kwargs, output):
+        a = alphas.to(device=output.device, dtype=output.dtype).view(-1, *([1] * (output.dim() - 1)))
+        return base.to(output.dtype) + a * (source - base).to(output.dtype)
+    return post
+
+
 def site_gradients(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site],
                    metric: Callable[[torch.Tensor], torch.Tensor],
-                   path: Optional[Tuple[torch.Tensor, Acts, Acts]] = None) -> Tuple[torch.Tensor, Acts, Acts]:
-    """One forward and one backward of ``ids`` (repeated once per alpha when ``path`` is given).
+                   path: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, Acts, Acts]:
+    """One forward and one backward of ``ids`` (one row per alpha when ``path`` is given).
 
-    Returns (metric per row, activation per site (only without ``path``), gradient per site summed over
-    rows). ``path``: (alphas, base activations, source activations) for integrated gradients.
+    Returns (metric per row, activation per site, gradient per site summed over rows). ``path``:
+    (alphas, base token embeddings, source token embeddings) for integrated gradients.
     Call inside ``activations_only(model)``.
     """
     probes: Acts = {}
     seen: Acts = {}
     rows = 1 if path is None else int(path[0].numel())
     with HookSet() as hooks:
+        if path is not None:
+            hooks.add(model.get_input_embeddings(), "output", _embedding_path(*path))
         for key, site in sites.items():
-            hooks.add(site.module, site.hook, _probe_hook(key, site, probes, seen, path))
+            hooks.add(site.module, site.hook, _probe_hook(key, site, probes, seen))
         out = model(input_ids=ids.expand(rows, -1), **logits_kwargs(model))
     scores = metric(logits_of(out)[:, -1])
-    keys = [k for k in sites if k in probes]
     missing = [k for k in sites if k not in probes]
     if missing:
-        from ..errors import ConfigError
-
         raise ConfigError(f"The sites {missing} were never reached by the forward pass: check the components.")
+    keys = list(sites)
     grads = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
     out_grads = {k: (g.detach().sum(0, keepdim=True) if g is not None else torch.zeros_like(probes[k][:1]))
                  for k, g in zip(keys, grads)}

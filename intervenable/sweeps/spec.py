@@ -250,3 +250,13 @@ def token_text(tid: Optional[int], tokenizer: Any = None) -> Optional[str]:
     if tid is None or tokenizer is None:
         return None
     return tokenizer.decode([int(tid)])
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two equally shaped tensors (ties broken by order), e.g. estimate vs exact."""
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten().double()
+        r = torch.empty_like(x)
+        r[torch.argsort(x, stable=True)] = torch.arange(x.numel(), dtype=x.dtype)
+        return r
+    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1])
