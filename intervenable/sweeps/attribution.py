@@ -36,7 +36,7 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
                          metric: Metric = "prob", foil: Any = None, tokenizer: Any = None, method: str = "atp",
                          steps: Optional[int] = None, verify: Optional[int] = None,
                          batch_size: Optional[int] = None, memory_budget: Optional[int] = None,
-                         fast: Optional[bool] = None) -> SweepResult:
+                         fast: Optional[bool] = None, progress: Optional[bool] = False) -> SweepResult:
     """Estimate ``patching_sweep(model, base, source, ...)`` from gradients; same arguments, same result axes.
 
     Each cell holds the base run's score plus the estimated change from copying that one activation
@@ -48,7 +48,8 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
     (the sweeps' fast path when the model has one) and stores them in ``result.tensors["exact"]``
     (NaN elsewhere); ``summary()`` lists both. Gradients are taken with respect to activations only:
     parameters are frozen meanwhile and left exactly as found (no ``.grad`` is created).
-    ``batch_size`` / ``memory_budget`` bound the rows of an IG forward (and of the verification).
+    ``batch_size`` / ``memory_budget`` bound the rows of an IG forward and, with ``fast`` and
+    ``progress``, work as in ``patching_sweep`` for the verification.
     """
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r}: use 'atp' (linear estimate) or 'ig' (integrated gradients); "
@@ -93,7 +94,8 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
     result = _result("attribution_patching", scores, plan, shape, list(components), lay, pos, head_list,
                      token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
     if verify:
-        _verify(result, model, plan, scores, int(verify), clean_ids, base_ids, fn, batch_size, memory_budget, fast)
+        _verify(result, model, plan, scores, int(verify), clean_ids, base_ids, fn, batch_size, memory_budget, fast,
+                progress)
     return result
 
 
@@ -138,12 +140,12 @@ def _n_layers_or_one(model: nn.Module) -> int:
 
 def _verify(result: SweepResult, model: nn.Module, plan: Plan, scores: torch.Tensor, k: int,
             clean_ids: torch.Tensor, base_ids: torch.Tensor, fn: Any, batch_size: Optional[int],
-            memory_budget: Optional[int], fast: Optional[bool]) -> None:
+            memory_budget: Optional[int], fast: Optional[bool], progress: Optional[bool]) -> None:
     """Exact patching of the ``k`` cells with the largest estimated effect; adds ``tensors["exact"]``."""
     effect = (scores - result.corrupted_score).abs()
     top: List[int] = torch.argsort(effect, descending=True, stable=True)[:k].tolist()
     sub = Plan(plan.sites, plan.layers, [plan.rows[i] for i in top], [plan.cells[i] for i in top])
-    exact, info = _execute(model, sub, clean_ids, base_ids, None, fn, batch_size, memory_budget, fast, False)
+    exact, info = _execute(model, sub, clean_ids, base_ids, None, fn, batch_size, memory_budget, fast, progress)
     table = torch.full_like(result.values, float("nan"))
     for value, cell in zip(exact.tolist(), sub.cells):
         table[cell] = value
