@@ -278,3 +278,26 @@ def test_cli_patch_with_attribution_methods(tmp_path, capsys) -> None:
     torch.testing.assert_close(saved.tensors["exact"], ref.tensors["exact"], equal_nan=True)
     assert main(["patch", "--clean", "a", "--corrupted", "b", "--verify", "2"]) == 2
     assert "--verify and --steps apply to --method atp or ig" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "qwen3", "falcon_new"])
+def test_other_families_give_patching_sweeps_cells(family: str) -> None:
+    """Families beyond GPT-2 / LLaMA (general path, q/k norms, fused qkv): same cells as patching_sweep,
+    and the verified cells equal its exact values."""
+    from test_archs import FAMILIES
+
+    torch.manual_seed(0)
+    model = FAMILIES[family]()[0].eval()
+    kw = dict(components=["block_output", "mlp_output", "attention_output"], metric="logprob")
+    exact = pv.patching_sweep(model, CORRUPT, CLEAN, TARGET, progress=False, **kw)
+    for method in ("atp", "ig"):
+        r = pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, method=method, verify=4, **kw)
+        assert (r.axes, r.components, r.layers, r.positions, r.tokens) == (exact.axes, exact.components, exact.layers,
+                                                                         exact.positions, exact.tokens)
+        checked = ~r.tensors["exact"].isnan()
+        assert int(checked.sum()) == 4
+        torch.testing.assert_close(r.tensors["exact"][checked], exact.values[checked], atol=1e-5, rtol=1e-5)
+        # The last layer's block output at the last position reaches the metric only through the final norm
+        # and the head: restoring it gives back the clean score exactly, and the estimate moves towards it.
+        last = float(r.values[0, -1, -1])
+        assert (last - r.corrupted_score) * (exact.clean_score - exact.corrupted_score) > 0
