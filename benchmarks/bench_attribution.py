@@ -78,8 +78,8 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     import intervenable  # noqa: F401  (imported before timing)
 
-    _run(model, args.child, clean, corrupted, target, [args.tokens - 1])  # warm-up: one position
     rss0 = _rss_mib()
+    _run(model, args.child, clean, corrupted, target, [args.tokens - 1])  # warm-up: one position
     times = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
