@@ -84,7 +84,8 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
                                                     batch_size, memory_budget)
     attr = attribution_per_site(plan.sites, base_acts, src, grads)
     corrupted_score = float(base_scores[0])
-    scores = torch.tensor([corrupted_score + float(_cell(attr, row[0])) for row in plan.rows])
+    table = {key: a.tolist() for key, a in attr.items()}  # plain lists: one lookup per row, no tensor indexing
+    scores = torch.tensor([corrupted_score + _cell(table, row[0]) for row in plan.rows], dtype=torch.float64).float()
     info: Dict[str, Any] = {"path": method, "method": method, "fallback_reason": "", "batch_size": rows,
                             "forwards": forwards + 1, "backwards": forwards, "seconds": time.perf_counter() - t0,
                             "clean_score": float(fn(clean_logits.float())[0]), "corrupted_score": corrupted_score}
@@ -99,9 +100,9 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
     return result
 
 
-def _cell(attr: Dict[str, torch.Tensor], write: Any) -> torch.Tensor:
-    a = attr[write.site]
-    return a[write.head, write.pos] if write.head is not None else a[write.pos]
+def _cell(table: Dict[str, list], write: Any) -> float:
+    a = table[write.site]
+    return a[write.head][write.pos] if write.head is not None else a[write.pos]
 
 
 def _path_gradients(model: nn.Module, ids: torch.Tensor, source_ids: torch.Tensor, plan: Plan, fn: Any,
