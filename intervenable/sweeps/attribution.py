@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .api import _execute, _n_layers, _result, _setup, patching_plan
+from .api import _check_common, _execute, _n_layers, _result, _setup, patching_plan
 from .gradients import activations_only, attribution_per_site, site_gradients
 from .result import SweepResult
 from .runner import auto_batch_size, budget_bytes, capture
-from .spec import Metric, Plan, token_strings
+from .spec import Metric, Plan, token_strings, token_text
 
 METHODS = ("atp", "ig")
 DEFAULT_STEPS = 8
@@ -61,8 +61,9 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
         raise ConfigError(f"steps must be a positive number of points on the path; got {steps!r}.")
     if verify is not None and (isinstance(verify, bool) or int(verify) < 1):
         raise ConfigError(f"verify must be a positive number of sites to rerun exactly (or None); got {verify!r}.")
+    explicit = _check_common(model, layers, batch_size, components)
     clean_ids, base_ids, tid, fn = _setup(model, source, base, target, tokenizer, foil, metric)
-    plan, lay, pos, head_list = patching_plan(model, components, layers, positions, heads, clean_ids.shape[1])
+    plan, lay, pos, head_list = patching_plan(model, components, explicit, positions, heads, clean_ids.shape[1])
     for key, site in plan.sites.items():
         if not site.writable:
             raise ConfigError(f"{key!r} is a read-only site ({site.describe()}): it cannot be patched, so it has "
@@ -94,6 +95,7 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
     shape = (len(components), len(lay), len(pos)) + ((len(head_list),) if head_list else ())
     result = _result("attribution_patching", scores, plan, shape, list(components), lay, pos, head_list,
                      token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
+    result.info["target_text"] = token_text(tid, tokenizer)
     if verify:
         _verify(result, model, plan, scores, int(verify), clean_ids, base_ids, fn, batch_size, memory_budget, fast,
                 progress)
