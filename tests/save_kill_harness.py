@@ -81,15 +81,29 @@ def killed_child(work: Callable[[], None], kill_after: int = -1) -> int:
     return os.waitpid(pid, 0)[1]
 
 
-def killed_at_random(work: Callable[[], None], delay: float) -> int:
+def killed_at_random(work: Callable[[Callable[[], None]], None], saves_first: int, delay: float) -> int:
+    """Fork ``work(done)``; once it has called ``done()`` ``saves_first`` times, wait ``delay`` s and SIGKILL it.
+
+    Waiting for completed saves (not for wall time alone) keeps the test meaningful on a loaded machine.
+    """
+    read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(read_end)
         try:
-            work()
+            work(lambda: os.write(write_end, b"."))
         finally:
             os._exit(3)
+    os.close(write_end)
+    got = 0
+    while got < saves_first:
+        chunk = os.read(read_end, saves_first - got)
+        if not chunk:
+            break  # the child ended early: the parent reports its status
+        got += len(chunk)
     time.sleep(delay)
     os.kill(pid, signal.SIGKILL)
+    os.close(read_end)
     return os.waitpid(pid, 0)[1]
 
 
@@ -150,12 +164,15 @@ def main(out: str) -> None:
         copy_of(pristine)(root)
         folder = os.path.join(root, "saved")
 
-        def forever() -> None:
+        def forever(done: Callable[[], None]) -> None:
             for n in range(10 ** 9):
                 models[n % 2].save(folder)
+                done()
 
-        delay = rng.uniform(0.0, 3.0 * one_save)
-        kills.append({"dir": folder, "delay": delay, "status": status_name(killed_at_random(forever, delay))})
+        saves_first = i % 3  # 0: a kill in the first save (loads A); 1, 2: after B, or B then A, completed
+        delay = rng.uniform(0.0, 1.5 * one_save)
+        status = killed_at_random(forever, saves_first, delay)
+        kills.append({"dir": folder, "saves_first": saves_first, "delay": delay, "status": status_name(status)})
     manifest["random"] = {"one_save_s": one_save, "states": kills}
     with open(os.path.join(out, "manifest.json"), "w") as handle:
         json.dump(manifest, handle, indent=1)
