@@ -200,7 +200,8 @@ def test_beam_search_with_scores(name):
     assert torch.equal(got.sequences, expected.sequences)
     assert torch.allclose(got.sequences_scores, expected.sequences_scores)
     for a, b in zip(got.scores, expected.scores):
-        assert torch.equal(a, b)
+        # float tolerance: another test in the same worker may change torch's thread count (reduction order)
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_collect_during_generation_returns_one_tensor_per_step():
