@@ -5,6 +5,46 @@ calls ``register_architecture`` on it. The registry is keyed by the model's
 ``config.model_type`` and by class name, so every head class of a family
 (``GPT2Model``, ``GPT2LMHeadModel``, ``GPT2ForSequenceClassification``) shares
 one table: paths are relative to the family's base model.
+
+A family may also describe its layer stack for the fast sweep path
+(``Architecture.stack``, a ``LayerStack``); ``sweeps/fast.py`` only reads it.
+The contract of a stack description:
+
+* The layers are the family's ``block_output`` modules. The fast path calls
+  them itself, one at a time, on hidden states ``[rows, q, width]`` of
+  positions ``start..T-1`` taken from the corrupted run (the input of layer
+  ``l`` as the model's own forward produced it: embeddings, position
+  embeddings added at the input, scaling, all already applied). Anything a
+  layer does inside itself (parallel residual, soft-capped attention, mixture
+  of experts, QK norms, local attention buffers) needs no description.
+* Each call gets ``attention_mask``: an additive float mask
+  ``[1, 1, q, k]`` over key positions ``0..T-1`` (causal, limited to the
+  last ``window(config, layer)`` keys when a sliding window is described;
+  ``None`` for a bidirectional stack); ``position_ids`` ``[1, q]`` when the
+  layer takes them; ``position_embeddings=rotary(hidden, position_ids)`` when
+  ``rotary`` names the model's rotary module; the key/value cache under the
+  layer's cache keyword (``cache``, ``past_key_values``, ``past_key_value`` or
+  ``layer_past``, found from its signature unless ``cache_arg`` is given),
+  holding the corrupted keys/values of positions ``< start``; and
+  ``layer_kwargs(config)``, fixed extra arguments (Falcon: ``alibi=None``).
+* After the last layer, the last position's hidden state goes through the
+  ``final`` modules (paths relative to the base model, applied in order, a
+  missing or ``None`` module skipped: final norm, OPT's ``project_out``),
+  then the ``head`` modules (paths relative to the whole model, applied in
+  order, missing ones skipped; when none exists:
+  ``model.get_output_embeddings()``), then
+  soft-capping ``cap * tanh(logits / cap)`` when ``logit_softcap(config)`` is
+  set (Gemma2).
+* ``bidirectional=True`` (encoders): no key/value prefix, since every
+  position sees every other; a patched row recomputes all positions from its
+  first patched layer on, and only the layers below it are skipped.
+* ``unsupported(config)``: a non-empty reason when a variant of the family is
+  not described (Falcon with ALiBi); the general path is used then.
+
+Before a fast sweep runs, the description is checked against the model's own
+forward (logits of the corrupted run recomputed through the description from
+the middle position on); on a mismatch the sweep warns and uses the general
+path. A family without a description uses the general path (said once).
 """
 from __future__ import annotations
 
@@ -46,8 +86,23 @@ class Component:
 
 
 @dataclass(frozen=True)
+class LayerStack:
+    """How the fast sweep path runs a family's layers ``l..L`` on cached states (see the module docstring)."""
+
+    final: Tuple[str, ...] = ()
+    head: Tuple[str, ...] = ()
+    rotary: str = ""
+    window: Optional[Callable[[Any, int], Optional[int]]] = None
+    layer_kwargs: Optional[Callable[[Any], Dict[str, Any]]] = None
+    logit_softcap: Optional[ConfigFn] = None
+    bidirectional: bool = False
+    cache_arg: str = ""
+    unsupported: Optional[Callable[[Any], str]] = None
+
+
+@dataclass(frozen=True)
 class Architecture:
-    """A model family's table of components."""
+    """A model family's table of components (and, optionally, its stack description for the fast sweep path)."""
 
     name: str
     model_types: Tuple[str, ...]
@@ -58,14 +113,31 @@ class Architecture:
     # empty means "use model.base_model".
     base_paths: Tuple[str, ...] = field(default=())
     description: str = ""
+    stack: Optional[LayerStack] = None
 
 
+_BY_NAME: Dict[str, Architecture] = {}
 _BY_MODEL_TYPE: Dict[str, Architecture] = {}
 _BY_CLASS: Dict[str, Architecture] = {}
 
 
-def register_architecture(arch: Architecture) -> Architecture:
-    """Register a family (called once from its file in ``sites/archs``)."""
+def register_architecture(arch: Architecture, replace: bool = False) -> Architecture:
+    """Register a family (called once from its file in ``sites/archs``).
+
+    A second family with a name already registered is refused unless ``replace=True`` (which
+    swaps the old entry out everywhere: its model types and class names).
+    """
+    old = _BY_NAME.get(arch.name)
+    if old is not None:
+        if not replace:
+            raise ValueError(
+                f"An architecture named {arch.name!r} is already registered (model types {list(old.model_types)}). "
+                "Pass replace=True to replace it, or give the new family another name."
+            )
+        for table in (_BY_MODEL_TYPE, _BY_CLASS):
+            for key in [k for k, v in table.items() if v is old]:
+                del table[key]
+    _BY_NAME[arch.name] = arch
     for model_type in arch.model_types:
         _BY_MODEL_TYPE[model_type] = arch
     for class_name in arch.class_names:
@@ -74,10 +146,7 @@ def register_architecture(arch: Architecture) -> Architecture:
 
 
 def registered_architectures() -> Tuple[Architecture, ...]:
-    seen: Dict[str, Architecture] = {}
-    for arch in list(_BY_MODEL_TYPE.values()) + list(_BY_CLASS.values()):
-        seen.setdefault(arch.name, arch)
-    return tuple(seen.values())
+    return tuple(_BY_NAME.values())
 
 
 def find_architecture(model: nn.Module) -> Optional[Architecture]:

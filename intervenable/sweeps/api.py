@@ -11,9 +11,11 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..sites.registry import find_architecture
-from .fast import classify, find_stack, run_corrupted, run_fast
+from .fast import check_stack, classify, record_corrupted, run_fast
 from .result import SweepResult
 from .runner import auto_batch_size, capture, logits_of, run_general
+from .sharing import exchange, gather_scores, my_rows
+from .stack import build_stack
 from .spec import (Metric, Plan, Write, add_site, as_ids, check_count, check_layers, check_token_id, make_metric,
                    normalise_positions, subject_range, target_id, token_strings, token_text, vocab_size, window_layers)
 
@@ -91,38 +93,48 @@ def _execute_inner(model: nn.Module, plan: Plan, clean_ids: torch.Tensor, corrup
     for row in plan.rows:
         for w in row:
             needed[w.source].add(w.site)
-    clean_logits, clean_vals = capture(model, clean_ids, plan.sites, needed["clean"])
-    corrupt_logits, corrupt_vals = capture(model, corrupt_ids, plan.sites, needed["corrupted"], noise)
-    values = {"clean": clean_vals, "corrupted": corrupt_vals}
-    T = clean_ids.shape[1]
-    bs = batch_size or auto_batch_size(model, T, len(plan.rows), memory_budget)
-    tick, close = _progress(len(plan.rows), progress)
-    path, reason = "general", ""
-    stack = find_stack(model) if fast is not False else None
+    stack, reason = build_stack(model) if fast is not False else (None, "fast=False")
     kinds = classify(stack, plan.sites) if stack is not None else None
+    if stack is not None and kinds is None:
+        stack, reason = None, "a site lies outside the model's layers"
+
+    def corrupted_run() -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Any, str]:
+        if stack is None:
+            return (*capture(model, corrupt_ids, plan.sites, needed["corrupted"], noise), None, reason)
+        rec = record_corrupted(model, stack, corrupt_ids, plan.sites, needed["corrupted"], noise)
+        why = check_stack(stack, rec)
+        return rec.logits, rec.values, (None if why else rec), why
+
+    # Computed once (split across ranks inside distributed_sweep, then shared).
+    (clean_logits, clean_vals), (corrupt_logits, corrupt_vals, corrupted, reason) = exchange(
+        lambda: capture(model, clean_ids, plan.sites, needed["clean"]), corrupted_run, device)
+    values = {"clean": clean_vals, "corrupted": corrupt_vals}
+    mine = my_rows(plan.cells)
+    rows = [plan.rows[i] for i in mine]
+    T = clean_ids.shape[1]
+    bs = batch_size or auto_batch_size(model, T, len(rows), memory_budget)
+    tick, close = _progress(len(rows), progress)
+    path = "fast" if corrupted is not None else "general"
+    if path == "general" and stack is not None:
+        warnings.warn(f"Sweep used the general batched path: {reason}.", stacklevel=4)
+    if path == "general" and fast:
+        close()
+        raise ConfigError(f"fast=True, but the fast path cannot run this sweep: {reason}. Use fast=None.")
+    t_rows = time.perf_counter()
     try:
-        if stack is not None and kinds is not None:
-            corrupted = run_corrupted(model, stack, corrupt_ids, noise)
-            ref = corrupt_logits.float()
-            if torch.allclose(corrupted.logits.float(), ref, atol=1e-4 * (1 + ref.abs().max().item()), rtol=1e-3):
-                scores, forwards = run_fast(stack, kinds, corrupted, plan.sites, plan.rows, values, metric, bs, tick)
-                path = "fast"
-            else:
-                reason = "the layer-by-layer run did not reproduce the model's own logits"
+        if path == "fast":
+            scores, forwards = run_fast(stack, kinds, corrupted, plan.sites, rows, values, metric, bs, tick)
         else:
-            reason = ("fast=False" if fast is False else
-                      "the model family has no fast-path adapter" if stack is None else
-                      "a site lies outside the decoder layers")
-        if path == "general":
-            if fast:
-                raise ConfigError(f"fast=True, but the fast path cannot run this sweep: {reason}. Use fast=None.")
-            scores, forwards = run_general(model, corrupt_ids, plan.sites, plan.rows, values, metric, bs, noise, tick)
+            scores, forwards = run_general(model, corrupt_ids, plan.sites, rows, values, metric, bs, noise, tick)
     finally:
         close()
-    info = {"path": path, "fallback_reason": reason, "batch_size": bs, "forwards": forwards,
-            "seconds": time.perf_counter() - t0,
+    scores, forwards, per_rank = gather_scores(scores, mine, len(plan.rows), forwards, t_rows)
+    info = {"path": path, "fallback_reason": reason if path == "general" else "", "batch_size": bs,
+            "forwards": forwards, "seconds": time.perf_counter() - t0,
             "clean_score": float(metric(clean_logits.float())[0]),
             "corrupted_score": float(metric(corrupt_logits.float())[0])}
+    if len(per_rank) > 1:
+        info["ranks"], info["row_seconds_per_rank"] = len(per_rank), per_rank
     return scores, info
 
 
@@ -174,6 +186,9 @@ def patching_sweep(model: nn.Module, base: Any, source: Any, target: Any = None,
     result = _result("patching_sweep", scores, plan, shape, list(components), lay, pos, head_list,
                      token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
     result.info["target_text"] = token_text(tid, tokenizer)
+    for c, comp in enumerate(components):
+        if "." in comp or "[" in comp:  # a raw module path has no layer: its scores fill the whole layer axis
+            result.values[c] = result.values[c, :1].clone()
     return result
 
 
@@ -283,9 +298,6 @@ def _result(kind: str, scores: torch.Tensor, plan: Plan, shape: Tuple[int, ...],
             layers: List[int], positions: List[int], heads: Optional[List[int]], tokens: List[str],
             metric: Metric, tid: Optional[int], info: Dict[str, Any], subj: Optional[Tuple[int, int]],
             extra: Dict[str, torch.Tensor]) -> SweepResult:
-    if info.get("fallback_reason") and info["path"] == "general" and info["fallback_reason"] != "fast=False":
-        if "did not reproduce" in info["fallback_reason"]:
-            warnings.warn(f"Sweep used the general batched path: {info['fallback_reason']}.", stacklevel=3)
     values = torch.zeros(shape)
     for score, cell in zip(scores.tolist(), plan.cells):
         values[cell] = score

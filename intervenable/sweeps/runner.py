@@ -32,8 +32,12 @@ def embedding_noise_hook(noise: torch.Tensor, start: int, end: int) -> Callable[
 
 def capture(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site], keys: Iterable[str],
             noise: Optional[Tuple[torch.Tensor, int, int]] = None,
-            extra: Optional[Callable[[HookSet], None]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Run ``ids`` once; return last-position logits and the raw value of each site in ``keys``."""
+            extra: Optional[Callable[[HookSet], None]] = None,
+            model_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Run ``ids`` once; return last-position logits and the raw value of each site in ``keys``.
+
+    ``extra`` adds more hooks for the same forward; ``model_kwargs`` go to the model's call.
+    """
     store: Dict[str, torch.Tensor] = {}
 
     def reader(key: str, site: Site) -> Callable[..., Any]:
@@ -53,7 +57,7 @@ def capture(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site], keys: I
             hooks.add(sites[key].module, sites[key].hook, reader(key, sites[key]))
         if extra is not None:
             extra(hooks)
-        out = model(input_ids=ids, **logits_kwargs(model))
+        out = model(input_ids=ids, **logits_kwargs(model), **(model_kwargs or {}))
     return logits_of(out)[:, -1], store
 
 

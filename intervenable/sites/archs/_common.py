@@ -131,3 +131,22 @@ def block_components(block: str, hidden: ConfigFn, **extra: Any) -> Dict[str, Co
 def prefixed(prefix: str, table: Dict[str, Component]) -> Dict[str, Component]:
     """``{"block_output": c}`` -> ``{"vision_block_output": c}`` (a second stack of a family)."""
     return {prefix + name: comp for name, comp in table.items()}
+
+
+def sliding_window(config: Any, layer: int) -> Optional[int]:
+    """Sliding-window width of ``layer``'s attention for the fast sweep path (None: full causal attention).
+
+    ``config.layer_types`` decides per layer when the config has it (Gemma2, Qwen2/3, GPT-OSS: only
+    ``"sliding_attention"`` layers are windowed); otherwise ``config.sliding_window``, when set, applies
+    to every layer (Mistral, Mixtral, Phi-3), as in those models' own mask code.
+    """
+    width = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return width if types[layer] == "sliding_attention" else None
+    return width
+
+
+def config_value(name: str) -> ConfigFn:
+    """A config reader returning ``config.<name>`` or None."""
+    return lambda c: getattr(c, name, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ..registry import Architecture, Component, ConfigFn, attr, inp, out, register_architecture
+from ..registry import Architecture, Component, ConfigFn, LayerStack, attr, inp, out, register_architecture
 from ._common import attention_components, block_components, hidden_size, on
 
 intermediate = attr("intermediate_size")
@@ -42,6 +42,14 @@ def bert_components(root: str = "encoder.layer.{layer}", cfg: Optional[ConfigFn]
     return table
 
 
+# Fast sweep path for masked LMs: bidirectional, so a patched row skips the layers below its first
+# patch but recomputes every position (no key/value prefix); the MLM head runs on the last position.
+_STACKS = {
+    "bert": LayerStack(bidirectional=True, head=("cls",)),
+    "roberta": LayerStack(bidirectional=True, head=("lm_head", "generator_predictions", "generator_lm_head")),  # ELECTRA: last two
+    "esm": LayerStack(bidirectional=True, final=("encoder.emb_layer_norm_after",), head=("lm_head",)),
+}
+
 for _name, _types, _desc in (
     ("bert", ("bert",), "BERT: post-LayerNorm encoder."),
     ("roberta", ("roberta", "xlm-roberta", "electra"), "RoBERTa / XLM-RoBERTa / ELECTRA: BERT layout."),
@@ -54,5 +62,6 @@ for _name, _types, _desc in (
             num_layers=attr("num_hidden_layers"),
             components=bert_components(),
             description=_desc,
+            stack=_STACKS[_name],
         )
     )

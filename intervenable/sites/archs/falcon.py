@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import Architecture, attr, inp, out, register_architecture
+from ..registry import Architecture, LayerStack, attr, inp, out, register_architecture
 from ._common import block_components, fused_qkv_components, hidden_size, n_heads
 
 
@@ -37,5 +37,8 @@ FALCON = register_architecture(
         num_layers=attr("num_hidden_layers"),
         components=_falcon,
         description="Falcon: fused query_key_value split per KV group (multi-query, per-head, or new architecture).",
+        # Rotary Falcon (7B/40B/180B); ALiBi Falcon (RW) folds its biases into the mask: not described here.
+        stack=LayerStack(final=("ln_f",), rotary="rotary_emb", layer_kwargs=lambda c: {"alibi": None},
+                         unsupported=lambda c: "Falcon with ALiBi position biases" if getattr(c, "alibi", False) else ""),
     )
 )

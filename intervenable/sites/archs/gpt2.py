@@ -1,7 +1,7 @@
 """GPT-2 family (GPT2Model, GPT2LMHeadModel, GPT2ForSequenceClassification, ...)."""
 from __future__ import annotations
 
-from ..registry import Architecture, attr, inp, out, register_architecture
+from ..registry import Architecture, LayerStack, attr, inp, out, register_architecture
 
 hidden = attr("n_embd", "hidden_size")
 inner = attr("n_inner", default=lambda c: 4 * hidden(c))
@@ -39,5 +39,7 @@ GPT2 = register_architecture(
             "head_value_output": out(_ATTN + ".c_attn", hidden, slice=_qkv(2), heads=heads),
         },
         description="GPT-2: fused c_attn projection split into q, k, v; heads of n_embd // n_head.",
+        # Learned positions are added before layer 0, so a layer needs only the mask and the cache.
+        stack=LayerStack(final=("ln_f",)),
     )
 )

@@ -8,7 +8,7 @@ per-expert modules and no ``mlp_activation`` / ``moe_key`` components here;
 from __future__ import annotations
 
 from ..registry import Architecture, attr, out, register_architecture
-from .llama import llama_components, num_layers
+from .llama import LLAMA_STACK, llama_components, num_layers
 
 _components = llama_components()
 del _components["mlp_activation"]
@@ -21,5 +21,6 @@ GPT_OSS = register_architecture(
         num_layers=num_layers,
         components=_components,
         description="GPT-OSS: grouped-query attention with explicit head_dim; fused MoE (no per-expert sites).",
+        stack=LLAMA_STACK,  # sliding / full layers from config.layer_types; attention sinks live inside the layer
     )
 )

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ..registry import Architecture, Component, ConfigFn, attr, inp, out, register_architecture
-from ._common import attention_components, block_components, hidden_size, on
+from ..registry import Architecture, Component, ConfigFn, LayerStack, attr, inp, out, register_architecture
+from ._common import attention_components, block_components, config_value, hidden_size, on, sliding_window
 
 intermediate = attr("intermediate_size")
 num_layers = attr("num_hidden_layers")
@@ -34,6 +34,13 @@ def llama_components(root: str = "layers.{layer}", cfg: Optional[ConfigFn] = Non
     return table
 
 
+#: The fast sweep path's stack: rotary position embeddings from ``model.rotary_emb``, the final
+#: ``norm``, sliding windows from the config (Mistral, Qwen2 with ``use_sliding_window``, Gemma2's
+#: alternating layers), Gemma2's final logit soft-capping (``final_logit_softcapping``; None for the
+#: others). Gemma scales its embeddings before layer 0, which the cached inputs include.
+LLAMA_STACK = LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window,
+                         logit_softcap=config_value("final_logit_softcapping"))
+
 _FAMILIES = {
     "llama": ("LLaMA", ("llama",)),
     "mistral": ("Mistral", ("mistral",)),
@@ -53,5 +60,6 @@ for _name, (_desc, _types) in _FAMILIES.items():
             num_layers=num_layers,
             components=llama_components(),
             description=_desc,
+            stack=LLAMA_STACK,
         )
     )

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..registry import Architecture, attr, inp, out, register_architecture
 from ._common import hidden_size
-from .llama import llama_components, num_layers
+from .llama import LLAMA_STACK, llama_components, num_layers
 
 _HINT = "Mixtral's experts are fused in transformers>=5: call intervenable.sites.archs.mixtral.split_experts(model) first."
 
@@ -100,5 +100,6 @@ MIXTRAL = register_architecture(
         num_layers=num_layers,
         components=_components,
         description="Mixtral: LLaMA attention + sparse MoE; expert components need split_experts(model) and moe_key.",
+        stack=LLAMA_STACK,  # routing is per token, inside the layer: nothing more to describe
     )
 )

@@ -7,7 +7,7 @@ position units.
 """
 from __future__ import annotations
 
-from ..registry import Architecture, attr, inp, out, register_architecture
+from ..registry import Architecture, LayerStack, attr, inp, out, register_architecture
 from ._common import attention_components, block_components, hidden_size
 
 _L = "decoder.layers.{layer}"
@@ -29,5 +29,8 @@ OPT = register_architecture(
         num_layers=attr("num_hidden_layers"),
         components=_opt,
         description="OPT: mlp_input is fc1's input (after final_layer_norm), mlp_output is fc2's output (before the residual).",
+        # Learned positions are added before layer 0; the decoder's final norm and project_out (either may be
+        # None, e.g. OPT-350m) run before lm_head.
+        stack=LayerStack(final=("decoder.final_layer_norm", "decoder.project_out")),
     )
 )

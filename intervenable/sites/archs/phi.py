@@ -1,8 +1,8 @@
 """Phi (``self_attn.dense`` output projection, ``mlp.fc1/fc2``) and Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``)."""
 from __future__ import annotations
 
-from ..registry import Architecture, attr, inp, out, register_architecture
-from ._common import attention_components, block_components, fused_qkv_components, hidden_size
+from ..registry import Architecture, LayerStack, attr, inp, out, register_architecture
+from ._common import attention_components, block_components, fused_qkv_components, hidden_size, sliding_window
 
 _L = "layers.{layer}"
 _A = _L + ".self_attn"
@@ -25,6 +25,7 @@ PHI = register_architecture(
         num_layers=attr("num_hidden_layers"),
         components=_phi,
         description="Phi: parallel attention and MLP; output projection is self_attn.dense.",
+        stack=LayerStack(final=("final_layernorm",), rotary="rotary_emb"),
     )
 )
 
@@ -46,5 +47,6 @@ PHI3 = register_architecture(
         num_layers=attr("num_hidden_layers"),
         components=_phi3,
         description="Phi-3: fused qkv_proj [q | k | v] with grouped-query attention, split by slices.",
+        stack=LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window),
     )
 )
