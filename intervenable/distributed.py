@@ -9,6 +9,8 @@ in the current process, so the same script works alone.
 * ``distributed_map(fn, items)``: ``fn`` on this rank's share; the full list of
   results, in the original order, on rank 0 (or on every rank with
   ``all_ranks=True``).
+* ``distributed_sweep(pv.causal_trace, ...)``: one sweep, its clean and
+  corrupted runs computed once and shared, its rows split across ranks.
 * Training: wrap an ``IntervenableModel`` in ``DistributedDataParallel``; its
   ``parameters()`` are the trainable ones only (interventions, plus the model
   if unfrozen), so DDP averages exactly those gradients.
@@ -68,23 +70,33 @@ def distributed_map(fn: Callable[[T], R], items: Sequence[T], all_ranks: bool = 
 
 def distributed_sweep(sweep: Callable[..., Any], *args: Any, layers: Optional[Sequence[int]] = None,
                       n_layers: Optional[int] = None, all_ranks: bool = False, **kwargs: Any) -> Any:
-    """Run a layer sweep (``causal_trace`` / ``patching_sweep``) with its layers split across ranks.
+    """Run a layer sweep (``causal_trace`` / ``patching_sweep``) split across ranks.
 
-    Each rank computes every ``world``-th layer of ``layers`` (default: all
-    ``n_layers`` layers, read from the model's config when not given); rank 0
-    gets one ``SweepResult`` with every layer, equal to the single-process
-    sweep (None on other ranks unless ``all_ranks``). Seeded corruption noise
-    is the same on every rank, so the shares fit together.
+    For this library's sweeps, every rank runs the same sweep inside ``share_rows()``: the clean
+    and the corrupted runs (the fast path's prefix: each layer's input and keys/values) are
+    computed once, clean on rank 0 and corrupted on rank 1, and broadcast; each rank patches
+    the rows of every ``world``-th position (or layer); the scores are gathered. Rank 0 gets one
+    ``SweepResult`` equal to the single-process sweep (None on other ranks unless
+    ``all_ranks``). Any other sweep function is called with its share of ``layers`` (default:
+    all ``n_layers`` layers, read from the model's config when not given) and the shards are
+    joined. Seeded corruption noise is the same on every rank, so the shares fit together.
     """
+    rank, world = rank_and_world()
+    if layers is None and n_layers is not None:
+        layers = list(range(int(n_layers)))
+    if getattr(sweep, "__module__", "").startswith("intervenable.sweeps"):
+        from .sweeps.sharing import share_rows
+
+        with share_rows():
+            result = sweep(*args, layers=layers, **kwargs)
+        return result if rank == 0 or all_ranks else None
     if layers is None:
-        if n_layers is None:
-            config = getattr(args[0], "config", None) if args else None
-            n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+        config = getattr(args[0], "config", None) if args else None
+        n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
         if n_layers is None:
             raise ValueError("distributed_sweep needs layers=[...] or n_layers= for this model.")
         layers = list(range(int(n_layers)))
     layers = list(layers)
-    rank, world = rank_and_world()
     mine = layers[rank::world]  # interleaved: a patch at layer l costs about L - l layers, so blocks would be unbalanced
     local = sweep(*args, layers=mine, **kwargs) if mine else None
     parts = gather([local], all_ranks=all_ranks)

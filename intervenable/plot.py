@@ -37,6 +37,15 @@ def heatmap(ax: Any, values: torch.Tensor, row_labels: Sequence[str], col_labels
     return image
 
 
+def colorbar_label(result: Any) -> str:
+    """``prob of ' Paris'``: the metric and the target token's text (its id only without a tokenizer)."""
+    label = f"{result.metric}"
+    if result.target is not None:
+        text = result.info.get("target_text")
+        label += f" of {text!r}" if text is not None else f" of token {result.target}"
+    return label
+
+
 def plot_sweep(result: Any, path: Union[str, Path, None] = None, title: Optional[str] = None) -> Any:
     """One heatmap per component of a ``SweepResult`` (heads are averaged); saved when ``path`` is given."""
     n = len(result.components)
@@ -56,7 +65,7 @@ def plot_sweep(result: Any, path: Union[str, Path, None] = None, title: Optional
         if result.info.get("window", 1) != 1 and comp != "block_output":
             heading += f" (window {result.info['window']})"
         heatmap(ax, v.T, labels, result.layers, heading, _CMAPS[name],
-                colorbar_label=f"{result.metric}" + (f" of {result.target}" if result.target is not None else ""))
+                colorbar_label=colorbar_label(result))
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -30,3 +30,16 @@ def test_causal_trace_finds_the_fact_at_the_subjects_last_token_in_early_to_midd
         last_subject = r.subject[1] - 1
         hits += int(position == last_subject and layer < 3 * n_layers // 4)
     assert hits >= 8
+
+
+def test_heatmap_colour_bar_names_the_target_token_text(tmp_path):
+    fact = FACTS[0]
+    r = pv.causal_trace(MODEL, fact["prompt"], target=fact["target"], subject=fact["subject"], tokenizer=TOKENIZER,
+                        layers=[0], positions=[-1], progress=False)
+    text = TOKENIZER.decode([r.target])
+    assert text.strip() == fact["target"].replace("Ġ", "").strip() and r.info["target_text"] == text
+    fig = r.plot()
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert f"prob of {text!r}" in labels and not any(str(r.target) in lab for lab in labels)
+    back = pv.SweepResult.load(r.save(tmp_path / "r.json"))
+    assert back.info["target_text"] == text and f"of {text!r} (token {r.target})" in back.summary()

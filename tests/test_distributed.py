@@ -116,17 +116,30 @@ def _sweep_worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         model, clean, corrupted = trace_inputs()
+        calls = []
+        handle = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+        fast = distributed_sweep(pv.causal_trace, model, clean, corrupted, 7, progress=False)
+        forwards = len(calls)  # whole-model forwards on this rank for the fast block_output trace
+        handle.remove()
         result = distributed_sweep(pv.causal_trace, model, clean, corrupted, 7, components=["block_output", "mlp_output"],
                                    progress=False)
+        noised = distributed_sweep(pv.causal_trace, model, clean, None, 7, subject=(1, 3), samples=2, noise=0.3,
+                                   progress=False, fast=False)
+        one_position = distributed_sweep(pv.patching_sweep, model, corrupted, clean, 7, positions=[2], progress=False)
+        counts = [None] * world
+        dist.all_gather_object(counts, forwards)
         if rank == 0:
-            torch.save({"values": result.values, "layers": result.layers}, os.path.join(out_dir, "sweep.pt"))
+            torch.save({"values": result.values, "layers": result.layers, "fast": fast.values, "counts": counts,
+                        "path": fast.info["path"], "ranks": fast.info.get("ranks"), "noised": noised.values,
+                        "one_position": one_position.values}, os.path.join(out_dir, "sweep.pt"))
         else:
-            assert result is None
+            assert result is None and fast is None
     finally:
         dist.destroy_process_group()
 
 
 def test_two_process_sweep_equals_single_process_sweep():
+    """Each of the clean and corrupted runs happens once across the two ranks; results equal one process."""
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_sweep_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
         got = torch.load(os.path.join(tmp, "sweep.pt"))
@@ -134,3 +147,11 @@ def test_two_process_sweep_equals_single_process_sweep():
     single = pv.causal_trace(model, clean, corrupted, 7, components=["block_output", "mlp_output"], progress=False)
     assert got["layers"] == single.layers == [0, 1, 2]
     assert torch.allclose(got["values"], single.values, atol=1e-6)
+    assert got["path"] == "fast" and got["ranks"] == 2
+    assert got["counts"] == [1, 1]  # clean run on rank 0, corrupted run on rank 1, nothing repeated
+    fast = pv.causal_trace(model, clean, corrupted, 7, progress=False)
+    assert torch.allclose(got["fast"], fast.values, atol=1e-6)
+    noised = pv.causal_trace(model, clean, None, 7, subject=(1, 3), samples=2, noise=0.3, progress=False, fast=False)
+    assert torch.allclose(got["noised"], noised.values, atol=1e-6)
+    one = pv.patching_sweep(model, corrupted, clean, 7, positions=[2], progress=False)
+    assert torch.allclose(got["one_position"], one.values, atol=1e-6)

@@ -3,9 +3,9 @@
 ``distributed_sweep`` runs the whole sweep on every rank inside ``share_rows()``. Then the
 clean run is computed on rank 0 and the corrupted run (with the fast path's per-layer
 recording) on rank 1 (both on rank 0 when there is one rank), and they are exchanged, so no
-rank repeats them; each rank patches the rows of its share of the layers (interleaved: the
-i-th layer of the sweep goes to rank ``i % world``, since in the fast path a patch at layer l
-costs about ``L - l`` layers), and the scores are gathered on every rank. Outside
+rank repeats them; each rank patches its share of the rows (interleaved positions: the i-th
+position of the sweep goes to rank ``i % world``; layers when there are fewer positions than
+ranks), and the scores are gathered on every rank. Outside
 ``share_rows()`` (or without a process group) everything runs in this process.
 """
 from __future__ import annotations
@@ -68,11 +68,17 @@ def exchange(compute_clean: Callable[[], Any], compute_corrupted: Callable[[], A
 
 
 def my_rows(cells: Sequence[Tuple[int, ...]]) -> List[int]:
-    """Indices of the rows this rank computes: those whose layer index (``cell[1]``) is this rank's."""
+    """Indices of the rows this rank computes: every ``world``-th position (or layer, with few positions).
+
+    Whole positions keep the fast path's groups (rows sharing a first patched position) intact,
+    so each rank's forwards stay as wide as in one process; interleaving balances the cost of
+    early and late positions (and layers).
+    """
     rank, world = rank_world()
     if world == 1:
         return list(range(len(cells)))
-    return [i for i, cell in enumerate(cells) if cell[1] % world == rank]
+    axis = 2 if len({cell[2] for cell in cells}) >= world else 1
+    return [i for i, cell in enumerate(cells) if cell[axis] % world == rank]
 
 
 def gather_scores(local: torch.Tensor, rows: List[int], n: int, forwards: int,
