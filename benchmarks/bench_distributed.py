@@ -2,8 +2,10 @@
 
 (a) ``distributed_sweep(pv.causal_trace, ...)`` over 2 gloo processes
     (``torch.multiprocessing.spawn``, 1 torch thread each) vs the same sweep in
-    1 process (1 thread), plus 1 process with 2 threads for comparison. Model: a
-    randomly initialised GPT-2 (default 8 layers x 512 wide), a 16-token prompt
+    1 process (1 thread), plus 1 process with 2 threads for comparison. The clean
+    run is computed on rank 0 and the corrupted run (the fast path's prefix) on
+    rank 1, then broadcast; each rank patches half of the positions. Model: a
+    randomly initialised GPT-2 (default 12 layers x 768 wide: GPT-2 small), a 16-token prompt
     and a counterfactual prompt (3 tokens changed), a layers x tokens trace of
     block outputs. Timed inside the workers, after model loading and a barrier
     (median of ``--repeat`` sweeps), for the default fast path and for the
@@ -16,7 +18,7 @@
 
 Run::
 
-    .venv/bin/python benchmarks/bench_distributed.py [--layers 8] [--width 512] [--tokens 16] [--repeat 5]
+    .venv/bin/python benchmarks/bench_distributed.py [--layers 12] [--width 768] [--tokens 16] [--repeat 5]
 
 No reference-library column: pyvene 0.1.8 has no distributed sweep helper.
 Target for (a): close to 2x on 2 idle cores (the machine's load average is printed).
@@ -79,7 +81,7 @@ def _worker(rank: int, world: int, threads: int, init_file: str, model_dir: str,
             times.append(time.perf_counter() - t0)
         if rank == 0:
             torch.save({"times": times, "values": result.values, "layers": result.layers,
-                        "path": result.info.get("path"), "per_rank": result.info.get("seconds_per_rank")}, out_file)
+                        "path": result.info.get("path"), "per_rank": result.info.get("row_seconds_per_rank")}, out_file)
     finally:
         dist.destroy_process_group()
 
@@ -145,9 +147,9 @@ def sharded_run(model_dir: str, tokens: int, repeat: int, threads: int) -> List[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--width", type=int, default=768)
+    ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip", choices=["sweep", "sharded"], default=None)
@@ -165,7 +167,7 @@ def main() -> None:
         if args.skip != "sweep":
             print(f"\n(a) distributed_sweep(pv.causal_trace), {args.layers} x {args.tokens} block outputs, {shape}; "
                   f"median of {args.repeat} sweeps after a warm-up; load average before: {os.getloadavg()[0]:.1f}\n")
-            print("| path | setup | seconds (median) | all runs | speedup vs 1 process x 1 thread | per-rank seconds (last run) | max abs diff |")
+            print("| path | setup | seconds (median) | all runs | speedup vs 1 process x 1 thread | per-rank row seconds (last run) | max abs diff |")
             print("|---|---|---:|---|---:|---|---:|")
             for fast in (True, False):
                 one = sweep_run(tmp, 1, 1, args.tokens, args.repeat, fast)

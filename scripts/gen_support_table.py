@@ -32,6 +32,12 @@ def mark(arch, name: str) -> str:
     return "m" if "{moe_key}" in comp.module else "x"
 
 
+def fast_path(arch) -> str:
+    if arch.stack is None:
+        return ""
+    return "encoder" if arch.stack.bidirectional else "causal"
+
+
 def render() -> str:
     archs = sorted(registered_architectures(), key=lambda a: a.name)
     lines: List[str] = [
@@ -41,13 +47,16 @@ def render() -> str:
         "`x`: available; `r`: read-only (collect only); `m`: needs `moe_key` (an expert); empty: not available",
         "(use a raw module path). Any other PyTorch model works through raw module paths.",
         "",
-        "| family | model types | " + " | ".join(SHORT[c] for c in ABSTRACT_COMPONENTS) + " |",
-        "|---|---|" + "---|" * len(ABSTRACT_COMPONENTS),
+        "| family | model types | sweep fast path | " + " | ".join(SHORT[c] for c in ABSTRACT_COMPONENTS) + " |",
+        "|---|---|---|" + "---|" * len(ABSTRACT_COMPONENTS),
     ]
     for arch in archs:
         cells = [mark(arch, c) for c in ABSTRACT_COMPONENTS]
-        lines.append(f"| {arch.name} | {', '.join(arch.model_types)} | " + " | ".join(cells) + " |")
-    lines += ["", "Column key: " + ", ".join(f"`{v}` = {k}" for k, v in SHORT.items()) + ".", "", "## Per family", ""]
+        lines.append(f"| {arch.name} | {', '.join(arch.model_types)} | {fast_path(arch)} | " + " | ".join(cells) + " |")
+    lines += ["", "Column key: `sweep fast path` = the family's stack description for the fast sweep path "
+              "(`causal`: layers and positions before a patch are reused; `encoder`: layers before a patch are "
+              "reused; empty: sweeps use the general batched path; see docs/sweeps.md), "
+              + ", ".join(f"`{v}` = {k}" for k, v in SHORT.items()) + ".", "", "## Per family", ""]
     for arch in archs:
         extra = sorted(n for n in arch.components if n not in ABSTRACT_COMPONENTS)
         lines.append(f"### {arch.name}")

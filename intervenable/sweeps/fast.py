@@ -130,23 +130,27 @@ def run_fast(stack: Stack, kinds: Dict[str, Tuple[int, bool]], corrupted: Corrup
     def first_pos(row: Row) -> int:
         return 0 if stack.bidirectional else min(w.pos for w in row)
 
-    info = sorted((first_pos(row), start_layer(row), i) for i, row in enumerate(rows))
-    scores = torch.zeros(len(rows))
+    by_pos: Dict[int, List[Tuple[int, int]]] = {}
+    for i, row in enumerate(rows):
+        by_pos.setdefault(first_pos(row), []).append((start_layer(row), i))
+    last = corrupted.inputs[0].new_empty((len(rows), corrupted.inputs[0].shape[-1]))
     forwards = 0
-    groups: Dict[int, List[Tuple[int, int]]] = {}
-    for p, s, i in info:
-        groups.setdefault(p, []).append((s, i))
-    for p, members in groups.items():
+    for p in sorted(by_pos):
+        members = sorted(by_pos[p])
         for c in range(0, len(members), batch_size):
             chunk = members[c:c + batch_size]
-            scores[[i for _, i in chunk]] = _run_chunk(stack, kinds, corrupted, sites, rows, values, metric, p, chunk, L, T)
+            last[[i for _, i in chunk]] = _run_chunk(stack, kinds, corrupted, sites, rows, values, p, chunk, L, T)
             forwards += 1
             tick(len(chunk))
-    return scores, forwards
+    # The head runs once over many rows: its weights (often the largest matrix) are read once per batch.
+    scores = [metric(stack.logits(last[c:c + batch_size])).detach().float().cpu()
+              for c in range(0, len(rows), batch_size)]
+    return (torch.cat(scores) if scores else torch.zeros(0)), forwards
 
 
-def _run_chunk(stack: Stack, kinds, corrupted: Corrupted, sites, rows, values, metric, p: int,
+def _run_chunk(stack: Stack, kinds, corrupted: Corrupted, sites, rows, values, p: int,
                chunk: List[Tuple[int, int]], L: int, T: int) -> torch.Tensor:
+    """The last position's hidden state after the last layer, for each row of ``chunk``."""
     chunk_rows = [rows[i] for _, i in chunk]
     starts = [s for s, _ in chunk]
     n = len(chunk)
@@ -190,4 +194,4 @@ def _run_chunk(stack: Stack, kinds, corrupted: Corrupted, sites, rows, values, m
             h = stack.call(j, H[:active], cache, ctx)
         apply_block(j, h, 0, active)
         H[:active] = h
-    return metric(stack.logits(H[:, -1])).detach().float().cpu()
+    return H[:, -1]

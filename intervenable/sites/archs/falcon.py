@@ -36,7 +36,8 @@ FALCON = register_architecture(
         model_types=("falcon",),
         num_layers=attr("num_hidden_layers"),
         components=_falcon,
-        description="Falcon: fused query_key_value split per KV group (multi-query, per-head, or new architecture).",
+        description="Falcon: fused query_key_value split per KV group (multi-query, per-head, or new architecture); "
+                    "the sweep fast path covers rotary Falcon (ALiBi Falcon uses the general path).",
         # Rotary Falcon (7B/40B/180B); ALiBi Falcon (RW) folds its biases into the mask: not described here.
         stack=LayerStack(final=("ln_f",), rotary="rotary_emb", layer_kwargs=lambda c: {"alibi": None},
                          unsupported=lambda c: "Falcon with ALiBi position biases" if getattr(c, "alibi", False) else ""),
