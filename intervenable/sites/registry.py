@@ -42,9 +42,9 @@ The contract of a stack description:
   not described (Falcon with ALiBi); the general path is used then.
 
 Before a fast sweep runs, the description is checked against the model's own
-forward (logits of the corrupted run recomputed through the description from
-the middle position on); on a mismatch the sweep warns and uses the general
-path. A family without a description uses the general path (said once).
+forward (logits of the corrupted run's last two positions recomputed through
+the description over the cached prefix); on a mismatch the sweep warns and
+uses the general path. A family without a description uses the general path (said once).
 """
 from __future__ import annotations
 

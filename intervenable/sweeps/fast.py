@@ -12,9 +12,9 @@ recompute every position.
 
 How a family's layers are called comes from its stack description
 (``sites/archs``, built by ``stack.py``). Before use it is checked: the
-corrupted run is recomputed through the description from the middle position
-on and its logits must equal the model's own; otherwise the sweep falls back
-to the general batched path.
+corrupted run's last positions are recomputed through the description over the
+cached prefix and the logits must equal the model's own; otherwise the sweep
+falls back to the general batched path.
 """
 from __future__ import annotations
 
@@ -82,9 +82,14 @@ def record_corrupted(model: nn.Module, stack: Stack, ids: torch.Tensor, sites: D
 
 
 def check_stack(stack: Stack, corrupted: Corrupted) -> str:
-    """Empty if the description reproduces the model's own logits (from the middle position on), else why not."""
+    """Empty if the description reproduces the model's own logits, else why not.
+
+    Decoders are checked on the last two positions over the cached prefix of the others (the
+    prefix, the position offset and the causal mask within a recomputed block all take part),
+    encoders on the whole prompt.
+    """
     T = corrupted.inputs[0].shape[1]
-    p = 0 if stack.bidirectional else T // 2
+    p = 0 if stack.bidirectional else max(0, T - 2)
     try:
         h = corrupted.inputs[0][:, p:]
         ctx = stack.context(p, T, h)
