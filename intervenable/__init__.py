@@ -41,7 +41,7 @@ _EXPORTS: Dict[str, Tuple[str, ...]] = {
         "create_gru", "create_gru_classifier", "create_gru_lm", "create_llama", "create_mlp_classifier",
     ),
     ".sites.archs.mixtral": ("split_experts",),
-    ".sites": ("Architecture", "Component", "Site", "list_components", "register_architecture",
+    ".sites": ("Architecture", "Component", "LayerStack", "Site", "list_components", "register_architecture",
                "resolve_component"),
     ".sweeps": ("SweepResult", "attribution_patching", "causal_trace", "patching_sweep"),
     ".training": ("eval_alignment", "train_alignment"),
@@ -78,8 +78,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .io import SerializationError  # noqa: F401
     from .model import IntervenableModel, IntervenableModelOutput  # noqa: F401
     from .models import *  # noqa: F401,F403
-    from .sites import (Architecture, Component, Site, list_components, register_architecture,  # noqa: F401
-                        resolve_component)
+    from .sites import (Architecture, Component, LayerStack, Site, list_components,  # noqa: F401
+                        register_architecture, resolve_component)
     from .sites.archs.mixtral import split_experts  # noqa: F401
     from .sweeps import SweepResult, attribution_patching, causal_trace, patching_sweep  # noqa: F401
     from .training import eval_alignment, train_alignment  # noqa: F401

@@ -111,8 +111,9 @@ def _mask(q: torch.Tensor, end: int, window: Optional[int], like: torch.Tensor) 
 
 
 def _params(module: nn.Module) -> Set[str]:
+    forward = getattr(module, "_old_forward", module.forward)  # accelerate's dispatch wraps forward
     try:
-        return set(inspect.signature(module.forward).parameters)
+        return set(inspect.signature(forward).parameters)
     except (TypeError, ValueError):
         return set()
 
