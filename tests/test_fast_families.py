@@ -72,6 +72,8 @@ FAMILIES: Dict[str, Callable[[], Tuple[Any, str]]] = {
     "opt_post_norm": _build("OPTConfig", "OPTForCausalLM", "model.decoder.layers.{}", ffn_dim=48,
                             word_embed_proj_dim=32, do_layer_norm_before=False),
     "falcon_mqa": _build("FalconConfig", "FalconForCausalLM", "transformer.h.{}", multi_query=True),
+    "falcon_mha": _build("FalconConfig", "FalconForCausalLM", "transformer.h.{}", multi_query=False,
+                         parallel_attn=False),
     "falcon_new": _build("FalconConfig", "FalconForCausalLM", "transformer.h.{}", new_decoder_architecture=True,
                          num_kv_heads=2),
     "bert": _build("BertConfig", "BertForMaskedLM", "bert.encoder.layer.{}"),
