@@ -154,6 +154,8 @@ def test_batch_size_and_raw_paths() -> None:
     raw = patching_sweep(model, CORRUPT, CLEAN, TARGET, components=["transformer.h[2]"], progress=False)
     assert raw.info["path"] == "fast"
     torch.testing.assert_close(raw.values[0, 0], b.values[0, 2], atol=ATOL, rtol=0)
+    assert raw.values.shape == (1, 4, T)  # a raw path has no layer: its scores fill the whole layer axis
+    torch.testing.assert_close(raw.values[0], b.values[0, 2].expand(4, T), atol=ATOL, rtol=0)
 
 
 def test_metrics_and_default_target() -> None:
