@@ -186,9 +186,6 @@ def patching_sweep(model: nn.Module, base: Any, source: Any, target: Any = None,
     result = _result("patching_sweep", scores, plan, shape, list(components), lay, pos, head_list,
                      token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
     result.info["target_text"] = token_text(tid, tokenizer)
-    for c, comp in enumerate(components):
-        if "." in comp or "[" in comp:  # a raw module path has no layer: its scores fill the whole layer axis
-            result.values[c] = result.values[c, :1].clone()
     return result
 
 
@@ -301,6 +298,9 @@ def _result(kind: str, scores: torch.Tensor, plan: Plan, shape: Tuple[int, ...],
     values = torch.zeros(shape)
     for score, cell in zip(scores.tolist(), plan.cells):
         values[cell] = score
+    # A raw module path has no layer (its site is placed once): its scores fill the whole layer axis.
+    for c in sorted({cell[0] for row, cell in zip(plan.rows, plan.cells) if plan.layers.get(row[0].site, 0) is None}):
+        values[c] = values[c, :1].clone()
     return SweepResult(
         values=values, components=components, layers=layers, positions=positions, heads=heads,
         tokens=[tokens[p] for p in positions], metric=metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
