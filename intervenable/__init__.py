@@ -39,7 +39,15 @@ _EXPORTS: Dict[str, Tuple[str, ...]] = {
     ".models": (
         "GRUConfig", "MLPConfig", "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox",
         "create_gru", "create_gru_classifier", "create_gru_lm", "create_llama", "create_mlp_classifier",
+        "create_backpack_gpt2", "create_blip", "create_blip_itm", "create_gpt_oss", "create_llava", "create_olmo",
     ),
+    ".basic_utils": (
+        "GET_LOC", "build_intervenable_model", "closeness_to_permutation_loss", "count_parameters",
+        "create_directory", "embed_to_distrib", "format_token", "get_batch_size", "get_list_depth",
+        "get_type_from_string", "harmonic_sigmoid_boundary", "lsm", "random_permutation_matrix", "set_seed",
+        "sigmoid_boundary", "sm", "top_vals",
+    ),
+    ".type_mappings": ("type_to_dimension_mapping", "type_to_module_mapping"),
     ".sites.archs.mixtral": ("split_experts",),
     ".sites": ("Architecture", "Component", "LayerStack", "Site", "list_components", "register_architecture",
                "resolve_component"),
@@ -69,6 +77,7 @@ def __dir__() -> List[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .basic_utils import *  # noqa: F401,F403
     from .causal_model import CausalModel, hierarchical_equality_model  # noqa: F401
     from .config import IntervenableConfig, RepresentationConfig  # noqa: F401
     from .errors import (ComponentError, ConfigError, InputError, IntervenableError,  # noqa: F401
@@ -83,3 +92,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .sites.archs.mixtral import split_experts  # noqa: F401
     from .sweeps import SweepResult, attribution_patching, causal_trace, patching_sweep  # noqa: F401
     from .training import eval_alignment, train_alignment  # noqa: F401
+    from .type_mappings import type_to_dimension_mapping, type_to_module_mapping  # noqa: F401

@@ -38,17 +38,17 @@ def _run_with(model, module, hook, **inputs):
 # -- MLP -----------------------------------------------------------------------
 def test_mlp_patch_and_collect() -> None:
     torch.manual_seed(0)
-    _, tok, model = create_mlp_classifier(MLPConfig(h_dim=16, n_layer=2, pdrop=0.0, num_labels=3))
+    _, tok, model = create_mlp_classifier(MLPConfig(h_dim=16, n_layer=2, pdrop=0.0, num_classes=3))
     assert tok is None
     model.eval()
     base, source = torch.randn(4, 1, 16), torch.randn(4, 1, 16)
     with torch.no_grad():
         src_h0 = model.mlp.h[0](source)  # block 0 output of the source, by hand
-    expected = _run_with(model, model.mlp.h[0], lambda m, a, o: src_h0, inputs_embeds=base).logits
+    expected = _run_with(model, model.mlp.h[0], lambda m, a, o: src_h0, inputs_embeds=base)[0]
     pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention": pv.VanillaIntervention}, model)
     _, out = pv_model({"inputs_embeds": base}, [{"inputs_embeds": source}], unit_locations={"sources->base": 0})
-    assert out.logits.shape == (4, 3)
-    assert torch.allclose(out.logits, expected, atol=1e-6)
+    assert out[0].shape == (4, 3)  # a tuple, as the reference's MLP returns without return_dict=True
+    assert torch.allclose(out[0], expected, atol=1e-6)
 
     seen: List[torch.Tensor] = []
     _run_with(model, model.mlp.h[1].act, lambda m, a, o: seen.append(o), inputs_embeds=base)
@@ -71,7 +71,7 @@ def test_gru_cell_called_once_per_step_and_states_exposed() -> None:
     _run_with(model, model.gru.cells[1], lambda m, a, o: outputs.append(o), input_ids=ids)
     assert len(outputs) == ids.shape[1]
     with torch.no_grad():
-        states = model.gru(input_ids=ids).all_layer_states
+        states = model.gru(input_ids=ids, return_dict=True).all_layer_states
     assert torch.allclose(torch.stack(outputs, 1), states[1])
     # Closed form of one step of layer 0 at t = 0 (h_{-1} = 0).
     cell = model.gru.cells[0]
@@ -87,20 +87,20 @@ def test_gru_cell_called_once_per_step_and_states_exposed() -> None:
 def test_gru_abstract_components_every_step() -> None:
     model, ids = _gru_lm()
     # Zero layer 0's state at every step, by hand and through block_output.
-    expected = _run_with(model, model.gru.cells[0], lambda m, a, o: torch.zeros_like(o), input_ids=ids).logits
+    expected = _run_with(model, model.gru.cells[0], lambda m, a, o: torch.zeros_like(o), input_ids=ids)[0]
     rep = {"layer": 0, "component": "block_output", "intervention": pv.ZeroIntervention}
     _, out = pv.IntervenableModel(rep, model)({"input_ids": ids}, unit_locations=None)
-    assert torch.allclose(out.logits, expected, atol=1e-6)
+    assert torch.allclose(out[0], expected, atol=1e-6)
     # Zero the update third of x2h in layer 1 (a slice of a 2-D activation).
     def zero_update(m, a, o):
         o = o.clone()
         o[:, 16:32] = 0
         return o
-    expected = _run_with(model, model.gru.cells[1].x2h, zero_update, input_ids=ids).logits
+    expected = _run_with(model, model.gru.cells[1].x2h, zero_update, input_ids=ids)[0]
     rep = {"layer": 1, "component": "update_x2h_output", "intervention": pv.ZeroIntervention}
     _, out = pv.IntervenableModel(rep, model)({"input_ids": ids}, unit_locations=None)
-    assert torch.allclose(out.logits, expected, atol=1e-6)
-    assert not torch.allclose(out.logits, model(input_ids=ids).logits)
+    assert torch.allclose(out[0], expected, atol=1e-6)
+    assert not torch.allclose(out[0], model(input_ids=ids)[0])
 
 
 def test_gru_classifier_reads_last_step() -> None:
@@ -108,8 +108,8 @@ def test_gru_classifier_reads_last_step() -> None:
     _, _, model = create_gru_classifier(GRUConfig(h_dim=8, n_layer=2, n_labels=3))
     x = torch.randn(2, 4, 8)
     with torch.no_grad():
-        out = model(inputs_embeds=x)
-        want = model.score(model.gru(inputs_embeds=x).hidden_states[:, -1])
+        out = model(inputs_embeds=x, return_dict=True)
+        want = model.score(model.gru(inputs_embeds=x, return_dict=True).hidden_states[:, -1])
     assert torch.allclose(out.logits, want)
 
 

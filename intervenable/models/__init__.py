@@ -13,6 +13,8 @@ _WHERE: Dict[str, str] = {
     **dict.fromkeys(("GRUCell", "GRUConfig", "GRUForClassification", "GRULMHeadModel", "GRUModel",
                      "create_gru", "create_gru_classifier", "create_gru_lm"), ".gru"),
     **dict.fromkeys(("create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_llama"), ".hf"),
+    **dict.fromkeys(("create_backpack_gpt2", "create_blip", "create_blip_itm", "create_gpt_oss", "create_llava",
+                     "create_olmo"), ".hub_families"),
     **dict.fromkeys(("MLPConfig", "MLPForClassification", "MLPModel", "create_mlp_classifier"), ".mlp"),
 }
 
@@ -23,6 +25,8 @@ def __getattr__(name: str) -> Any:
     """Import the module defining ``name`` on first access."""
     module = _WHERE.get(name)
     if module is None:
+        if name == "constants":  # pv.models.constants.CONST_OUTPUT_HOOK, as in the reference
+            return importlib.import_module(f"{__name__}.constants")
         raise AttributeError(f"module 'intervenable.models' has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value

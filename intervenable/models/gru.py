@@ -20,6 +20,8 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
+from .mlp import classification_loss
+
 
 class GRUConfig(PretrainedConfig):
     """Configuration of the GRU (reference field names)."""
@@ -80,8 +82,10 @@ class GRUCell(nn.Module):
 
 @dataclass
 class GRUModelOutput(ModelOutput):
-    hidden_states: Optional[torch.Tensor] = None  # [batch, seq, h_dim], last layer
+    """Field order as in the reference (``output[0]`` is ``last_hidden_state``); ``all_layer_states`` is ours."""
+
     last_hidden_state: Optional[torch.Tensor] = None  # [batch, h_dim], last layer, last step
+    hidden_states: Optional[torch.Tensor] = None  # [batch, seq, h_dim], last layer
     all_layer_states: Optional[torch.Tensor] = None  # [n_layer, batch, seq, h_dim]
 
 
@@ -111,8 +115,15 @@ class GRUModel(GRUPreTrainedModel):
         position_ids: Optional[torch.LongTensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         hidden_states: Optional[torch.Tensor] = None,
-        return_dict: Optional[bool] = True,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
     ) -> Any:
+        """``(hidden_states [batch, seq, h_dim], last_hidden_state [batch, h_dim])`` unless ``return_dict``.
+
+        ``hidden_states`` (the argument) is the initial state ``[n_layer, batch, h_dim]``;
+        ``output_hidden_states`` is accepted for the reference's signature (the states
+        over time are always returned).
+        """
         if inputs_embeds is None:
             if input_ids is None or not self.config.include_emb:
                 raise ValueError("GRUModel needs inputs_embeds (or input_ids with include_emb=True).")
@@ -132,28 +143,34 @@ class GRUModel(GRUPreTrainedModel):
                 per_layer[l].append(state[l])
                 x = state[l]
         all_states = torch.stack([torch.stack(s, dim=1) for s in per_layer])
-        out = GRUModelOutput(hidden_states=all_states[-1], last_hidden_state=state[-1], all_layer_states=all_states)
-        return out if return_dict else out.to_tuple()
-
-
-def _classification_loss(config: GRUConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if config.problem_type == "regression":
-        return nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-    if config.problem_type == "multi_label_classification":
-        return nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        if not return_dict:
+            return (all_states[-1], state[-1])
+        return GRUModelOutput(last_hidden_state=state[-1], hidden_states=all_states[-1], all_layer_states=all_states)
 
 
 class GRUForClassification(GRUPreTrainedModel):
-    """GRU + linear ``score`` on the state at the last non-padded step."""
+    """GRU + linear ``score`` (``config.n_labels`` outputs) on the state at the last non-padded step.
+
+    Returns ``([loss,] logits, last_hidden_state)`` unless ``return_dict=True``, as the reference does.
+    """
 
     def __init__(self, config: GRUConfig) -> None:
         super().__init__(config)
+        self.n_labels = config.n_labels
         self.gru = GRUModel(config)
         self.score = nn.Linear(config.h_dim, config.n_labels, bias=False)
         self.post_init()
 
-    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, attention_mask=None, labels=None, return_dict=True) -> Any:
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Any:
         out = self.gru(input_ids, position_ids, inputs_embeds, return_dict=True)
         states = out.hidden_states
         if attention_mask is None:
@@ -161,29 +178,46 @@ class GRUForClassification(GRUPreTrainedModel):
         else:
             last = attention_mask.sum(-1).long() - 1
         logits = self.score(states[torch.arange(states.shape[0], device=states.device), last])
-        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None:
+            self.config.problem_type, loss = classification_loss(self.config.problem_type, self.n_labels, logits, labels)
         if not return_dict:
-            return (loss, logits) if loss is not None else (logits,)
+            output = (logits, out.last_hidden_state)
+            return ((loss,) + output) if loss is not None else output
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=states)
 
 
 class GRULMHeadModel(GRUPreTrainedModel):
-    """GRU + ``lm_head`` at every step (next-token loss when ``labels`` are given)."""
+    """GRU + ``lm_head`` at every step (next-token loss when ``labels`` are given).
+
+    Returns ``([loss,] logits, last_hidden_state)`` unless ``return_dict=True``.
+    """
 
     def __init__(self, config: GRUConfig) -> None:
         super().__init__(config)
+        self.n_labels = config.n_labels
         self.gru = GRUModel(config)
         self.lm_head = nn.Linear(config.h_dim, config.vocab_size, bias=False)
         self.post_init()
 
-    def forward(self, input_ids=None, position_ids=None, inputs_embeds=None, labels=None, return_dict=True) -> Any:
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Any:
         out = self.gru(input_ids, position_ids, inputs_embeds, return_dict=True)
         logits = self.lm_head(out.hidden_states)
         loss = None
         if labels is not None:
+            labels = labels.to(logits.device)
             loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
         if not return_dict:
-            return (loss, logits) if loss is not None else (logits,)
+            output = (logits, out.last_hidden_state)
+            return ((loss,) + output) if loss is not None else output
         return CausalLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from typing import Any, Optional, Tuple
 from urllib.parse import urlparse
+
+import torch
 
 from ..errors import InputError
 
@@ -80,11 +83,25 @@ def load_tokenizer(name: str, cache_dir: Optional[str] = None) -> Any:
     return AutoTokenizer.from_pretrained(name, **resolve_source(name, cache_dir))
 
 
-def _create(name: str, cache_dir: Optional[str], model_cls: str, dtype: Any = None, tokenizer: bool = True) -> Tuple[Any, Any, Any]:
+def _create(
+    name: str,
+    cache_dir: Optional[str],
+    model_cls: str,
+    dtype: Any = None,
+    tokenizer: bool = True,
+    eager: bool = False,
+    **hub_kwargs: Any,
+) -> Tuple[Any, Any, Any]:
+    """``(config, tokenizer_or_None, model)`` loaded by ``transformers.<model_cls>.from_pretrained``.
+
+    ``hub_kwargs`` (``revision``, ``token``) go to every ``from_pretrained`` call.
+    """
     import transformers
 
-    kwargs = resolve_source(name, cache_dir)
+    kwargs = {**resolve_source(name, cache_dir), **hub_kwargs}
     config = transformers.AutoConfig.from_pretrained(name, **kwargs)
+    if eager:
+        _use_eager_attention(config)
     tok = None
     if tokenizer:
         try:
@@ -96,23 +113,60 @@ def _create(name: str, cache_dir: Optional[str], model_cls: str, dtype: Any = No
     return config, tok, model.eval()
 
 
+def _use_eager_attention(config: Any) -> None:
+    """Plain (eager) attention, as the reference loads GPT-2: attention weights are computed and returned."""
+    if hasattr(config, "_attn_implementation"):
+        config._attn_implementation = "eager"
+
+
+def _optional_tokenizer(name: Optional[str], cache_dir: Optional[str]) -> Any:
+    """The tokenizer of ``name`` for a randomly initialised model, or None (with a warning) when unavailable."""
+    if not name:
+        return None
+    try:
+        return load_tokenizer(name, cache_dir)
+    except (InputError, OSError, ValueError, TypeError) as err:
+        warnings.warn(f"No tokenizer for {name!r} ({err}); returning None in its place.", stacklevel=3)
+        return None
+
+
+def _from_config(model_cls: str, config: Any, name: Optional[str], cache_dir: Optional[str], eager: bool = False) -> Tuple[Any, Any, Any]:
+    import transformers
+
+    if eager:
+        _use_eager_attention(config)
+    return config, _optional_tokenizer(name, cache_dir), getattr(transformers, model_cls)(config)
+
+
 def create_gpt2(name: str = "gpt2", cache_dir: Optional[str] = None) -> Tuple[Any, Any, Any]:
-    """``(config, tokenizer, GPT2Model)`` from a hub name or local folder."""
-    return _create(name, cache_dir, "GPT2Model")
+    """``(config, tokenizer, GPT2Model)`` from a hub name or local folder, with eager attention."""
+    return _create(name, cache_dir, "GPT2Model", eager=True)
 
 
 def create_gpt2_lm(name: str = "gpt2", config: Any = None, cache_dir: Optional[str] = None) -> Tuple[Any, Any, Any]:
-    """``(config, tokenizer, GPT2LMHeadModel)``; with ``config`` a randomly initialised model of that config."""
+    """``(config, tokenizer, GPT2LMHeadModel)`` with eager attention.
+
+    With ``config``, a randomly initialised model of that config; the tokenizer
+    of ``name`` is returned when it is available locally, else None.
+    """
     if config is not None:
-        import transformers
-
-        tok = load_tokenizer(name, cache_dir) if name else None
-        return config, tok, transformers.GPT2LMHeadModel(config)
-    return _create(name, cache_dir, "GPT2LMHeadModel")
+        return _from_config("GPT2LMHeadModel", config, name, cache_dir, eager=True)
+    return _create(name, cache_dir, "GPT2LMHeadModel", eager=True)
 
 
-def create_llama(name: str = "sharpbai/alpaca-7b-merged", cache_dir: Optional[str] = None, dtype: Any = None) -> Tuple[Any, Any, Any]:
-    """``(config, tokenizer, LlamaForCausalLM)`` from a hub name or local folder."""
+def create_llama(
+    name: str = "sharpbai/alpaca-7b-merged",
+    cache_dir: Optional[str] = None,
+    dtype: Any = torch.bfloat16,
+    config: Any = None,
+) -> Tuple[Any, Any, Any]:
+    """``(config, tokenizer, LlamaForCausalLM)`` from a hub name or local folder, in ``dtype`` (bf16 as the reference).
+
+    With ``config``, a randomly initialised model of that config (in the default
+    dtype); the tokenizer of ``name`` is returned when available locally, else None.
+    """
+    if config is not None:
+        return _from_config("LlamaForCausalLM", config, name, cache_dir)
     return _create(name, cache_dir, "LlamaForCausalLM", dtype=dtype)
 
 

@@ -3,9 +3,12 @@
 ``MLPModel.h[i]`` are blocks ``dropout(act(ff1(x)))``; ``MLPForClassification``
 adds a linear ``score`` head. Inputs are ``inputs_embeds`` of shape
 ``[batch, h_dim]`` or ``[batch, positions, h_dim]`` (or ``input_ids`` when
-``include_emb=True``).
+``include_emb=True``). As in the reference, forwards return tuples unless
+``return_dict=True``.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from typing import Any, Optional, Tuple
 
@@ -13,11 +16,20 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import ModelOutput
 
 
 class MLPConfig(PretrainedConfig):
-    """Configuration of the MLP (reference field names)."""
+    """Configuration of the MLP, with the reference's fields and meanings.
+
+    ``num_classes``: outputs of the classifier's ``score`` head.
+    ``include_emb``: token (``wte``) and position (``wpe``) embeddings for ``input_ids``.
+    ``squeeze_output``: ``logits.squeeze(1)`` (drops a length-1 position axis).
+    ``problem_type``: the loss with ``labels`` (``None`` infers it from the labels, as
+    Hugging Face classifiers do). ``num_labels`` is Hugging Face's generic field and,
+    as in the reference, does not size the head.
+    """
 
     model_type = "mlp"
 
@@ -28,10 +40,10 @@ class MLPConfig(PretrainedConfig):
         max_position_embeddings: int = 512,
         n_layer: int = 2,
         h_dim: int = 512,
-        num_labels: int = 2,
+        num_classes: int = 2,
         activation_function: str = "gelu",
         pdrop: float = 0.3,
-        problem_type: str = "single_label_classification",
+        problem_type: Optional[str] = "single_label_classification",
         include_bias: bool = True,
         squeeze_output: bool = True,
         **kwargs: Any,
@@ -41,11 +53,43 @@ class MLPConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.n_layer = n_layer
         self.h_dim = h_dim
+        self.num_classes = num_classes
         self.activation_function = activation_function
         self.pdrop = pdrop
         self.include_bias = include_bias
         self.squeeze_output = squeeze_output
-        super().__init__(num_labels=num_labels, problem_type=problem_type, **kwargs)
+        super().__init__(problem_type=problem_type, **kwargs)
+
+
+@dataclass
+class MLPModelOutput(ModelOutput):
+    """``last_hidden_state``: the last block's output; ``hidden_states``: the input and every block's output."""
+
+    last_hidden_state: Optional[torch.Tensor] = None
+    hidden_states: Optional[Tuple[torch.Tensor, ...]] = None
+
+
+def classification_loss(problem_type: Optional[str], num_classes: int, logits: torch.Tensor, labels: torch.Tensor) -> Tuple[str, torch.Tensor]:
+    """``(problem_type, loss)`` as Hugging Face sequence classifiers compute it (type inferred when ``None``)."""
+    if problem_type is None:
+        if num_classes == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        if num_classes == 1:
+            return problem_type, nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return problem_type, nn.functional.mse_loss(logits, labels.to(logits.dtype))
+    if problem_type == "single_label_classification":
+        return problem_type, nn.functional.cross_entropy(logits.reshape(-1, num_classes), labels.reshape(-1))
+    if problem_type == "multi_label_classification":
+        return problem_type, nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    raise ValueError(
+        f"problem_type must be 'regression', 'single_label_classification', 'multi_label_classification' "
+        f"or None; got {problem_type!r}."
+    )
 
 
 class MLPBlock(nn.Module):
@@ -71,10 +115,15 @@ class MLPPreTrainedModel(PreTrainedModel):
 
 
 class MLPModel(MLPPreTrainedModel):
-    """The stack of MLP blocks ``h[0..n_layer-1]``."""
+    """The stack of MLP blocks ``h[0..n_layer-1]``.
+
+    Returns a tuple ``(last_hidden_state[, hidden_states])`` unless
+    ``return_dict=True`` (then an ``MLPModelOutput``), as the reference does.
+    """
 
     def __init__(self, config: MLPConfig) -> None:
         super().__init__(config)
+        self.h_dim = config.h_dim
         if config.include_emb:
             self.wte = nn.Embedding(config.vocab_size, config.h_dim)
             self.wpe = nn.Embedding(config.max_position_embeddings, config.h_dim)
@@ -88,7 +137,7 @@ class MLPModel(MLPPreTrainedModel):
         position_ids: Optional[torch.LongTensor] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = True,
+        return_dict: Optional[bool] = None,
     ) -> Any:
         if inputs_embeds is None:
             if input_ids is None or not self.config.include_emb:
@@ -98,25 +147,32 @@ class MLPModel(MLPPreTrainedModel):
         if position_ids is not None and self.config.include_emb:
             hidden = hidden + self.wpe(position_ids)
         hidden = self.dropout(hidden)
-        states: Tuple[torch.Tensor, ...] = ()
+        states: Optional[Tuple[torch.Tensor, ...]] = () if output_hidden_states else None
         for block in self.h:
-            if output_hidden_states:
+            if states is not None:
                 states += (hidden,)
             hidden = block(hidden)
-        if output_hidden_states:
+        if states is not None:
             states += (hidden,)
         if not return_dict:
-            return (hidden, states) if output_hidden_states else (hidden,)
-        return BaseModelOutput(last_hidden_state=hidden, hidden_states=states or None)
+            return (hidden, states) if states is not None else (hidden,)
+        return MLPModelOutput(last_hidden_state=hidden, hidden_states=states)
 
 
 class MLPForClassification(MLPPreTrainedModel):
-    """``MLPModel`` + a linear ``score`` head; logits squeezed over a length-1 position axis."""
+    """``MLPModel`` + a linear ``score`` head with ``config.num_classes`` outputs.
+
+    Logits are ``score(last_hidden_state)``, ``.squeeze(1)`` when
+    ``config.squeeze_output``. Returns ``([loss,] logits[, hidden_states])``
+    unless ``return_dict=True`` (then a ``SequenceClassifierOutput``).
+    """
 
     def __init__(self, config: MLPConfig) -> None:
         super().__init__(config)
+        self.num_classes = config.num_classes
+        self.squeeze_output = config.squeeze_output
         self.mlp = MLPModel(config)
-        self.score = nn.Linear(config.h_dim, config.num_labels, bias=config.include_bias)
+        self.score = nn.Linear(config.h_dim, config.num_classes, bias=config.include_bias)
         self.post_init()
 
     def forward(
@@ -126,22 +182,17 @@ class MLPForClassification(MLPPreTrainedModel):
         inputs_embeds: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
         output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = True,
+        return_dict: Optional[bool] = None,
     ) -> Any:
         outputs = self.mlp(input_ids, position_ids, inputs_embeds, output_hidden_states, True)
         logits = self.score(outputs.last_hidden_state)
-        if self.config.squeeze_output and logits.dim() == 3 and logits.shape[1] == 1:
+        if self.squeeze_output:
             logits = logits.squeeze(1)
         loss = None
         if labels is not None:
-            if self.config.problem_type == "regression":
-                loss = nn.functional.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-            elif self.config.problem_type == "multi_label_classification":
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-            else:
-                loss = nn.functional.cross_entropy(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
+            self.config.problem_type, loss = classification_loss(self.config.problem_type, self.num_classes, logits, labels)
         if not return_dict:
-            out = (logits,) + ((outputs.hidden_states,) if output_hidden_states else ())
+            out = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + out) if loss is not None else out
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
