@@ -248,14 +248,14 @@ def _user_component(cls: type, name: str, entry: Tuple[Any, ...], dims: Dict[str
     third: Optional[Tuple[int, int]] = None  # (chunk index, number of chunks) of a fused output
     for extra in entry[2:]:
         fn, arg = extra if isinstance(extra, tuple) and len(extra) == 2 else (extra, None)
-        if fn in (split_three, split_half) and isinstance(arg, int) and width is not None:
+        if fn in (split_three, split_half) and isinstance(arg, int):
             third = (arg, 3 if fn is split_three else 2)
         elif fn is split_head_and_permute and isinstance(arg, str):
             heads = attr(arg)
         else:
             raise ConfigError(
                 f"type_to_module_mapping[{cls.__name__}][{name!r}]: extra {extra!r} is not supported "
-                "(supported: (split_three, i), (split_half, i) with a dimension entry, "
+                "(supported: (split_three, i), (split_half, i), "
                 "(split_head_and_permute, 'n_head')). Use a raw module path component instead."
             )
     parts: Dict[str, Any] = {}
@@ -265,7 +265,13 @@ def _user_component(cls: type, name: str, entry: Tuple[Any, ...], dims: Dict[str
             per_head = width
             width = lambda c: per_head(c) * heads(c)  # noqa: E731
     if third is not None:
-        parts["slice"] = lambda c, i=third[0], w=width: (i * w(c), (i + 1) * w(c))
+        if width is None:
+            def missing(config: Any, what: str = f"{cls.__name__}[{name!r}]") -> Any:
+                raise ConfigError(f"{what} splits a fused output: give its width in pv.type_to_dimension_mapping.")
+
+            parts["slice"] = missing
+        else:
+            parts["slice"] = lambda c, i=third[0], w=width: (i * w(c), (i + 1) * w(c))
     return Component(module=module, hook=_CONST_TO_HOOK[entry[1]], width=width, **parts)
 
 
