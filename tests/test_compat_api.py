@@ -196,6 +196,37 @@ def test_type_mapping_write_registers_a_new_model_type() -> None:
         pv.type_to_module_mapping[_NewModel] = {"mlp_output": ("blocks[%s].ff", CONST_OUTPUT_HOOK, (print, 0))}
 
 
+def test_reference_new_model_type_recipe_on_t5() -> None:
+    """The reference's test_new_model_type (flan-t5 from the hub there; a tiny random T5 here)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(d_model=16, d_ff=32, num_layers=2, num_heads=2, d_kv=8, vocab_size=30)).eval()
+    pv.type_to_module_mapping[type(t5)] = {
+        "mlp_output": ("encoder.block[%s].layer[1]", pv.models.constants.CONST_OUTPUT_HOOK),
+        "attention_input": ("encoder.block[%s].layer[0]", pv.models.constants.CONST_OUTPUT_HOOK),
+    }
+    pv.type_to_dimension_mapping[type(t5)] = {
+        "mlp_output": ("d_model",), "attention_input": ("d_model",),
+        "block_output": ("d_model",), "head_attention_value_output": ("d_model/num_heads",),
+    }
+    try:
+        base = {"input_ids": torch.tensor([[1, 2, 3, 4, 5]]), "decoder_input_ids": torch.tensor([[0]])}
+
+        def zero_pos3(m, a, o):
+            o = o.clone()
+            o[:, 3] = 0
+            return o
+
+        want = _with_hook(t5.encoder.block[0].layer[1], zero_pos3, lambda: t5(**base).logits)
+        rep = {"layer": 0, "component": "mlp_output", "source_representation": torch.zeros(t5.config.d_model)}
+        _, out = pv.IntervenableModel(rep, model=t5)(base, unit_locations={"base": 3})
+        assert torch.allclose(out.logits, want, atol=1e-6)
+    finally:
+        del pv.type_to_module_mapping[type(t5)]
+        del pv.type_to_dimension_mapping[type(t5)]
+
+
 def test_build_intervenable_model() -> None:
     model = _tiny_gpt2()
     built = pv.build_intervenable_model({"layer": 0, "component": "block_output"}, model)
