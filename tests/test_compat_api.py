@@ -314,6 +314,12 @@ def test_mlp_num_classes_and_tuple_outputs() -> None:
     assert len(states) == 2 and torch.equal(states[0], x) and torch.allclose(last, act, atol=1e-6)
 
 
+def test_mlp_num_labels_warns_that_num_classes_sizes_the_head() -> None:
+    with pytest.warns(UserWarning, match="num_classes"):
+        config = MLPConfig(h_dim=3, num_labels=4)
+    assert pv.create_mlp_classifier(config)[2].score.out_features == 2  # the reference's default num_classes
+
+
 def test_mlp_problem_type_none_infers_regression() -> None:
     torch.manual_seed(0)
     model = MLPConfig(h_dim=3, n_layer=1, pdrop=0.0, num_classes=1, problem_type=None)

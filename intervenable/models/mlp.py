@@ -8,6 +8,7 @@ adds a linear ``score`` head. Inputs are ``inputs_embeds`` of shape
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from typing import Any, Optional, Tuple
@@ -58,6 +59,12 @@ class MLPConfig(PretrainedConfig):
         self.pdrop = pdrop
         self.include_bias = include_bias
         self.squeeze_output = squeeze_output
+        if "num_labels" in kwargs and kwargs["num_labels"] != num_classes:
+            warnings.warn(
+                f"MLPConfig(num_labels={kwargs['num_labels']}) does not size the classifier: as in the "
+                f"reference, num_classes does (now {num_classes}). Pass num_classes={kwargs['num_labels']}.",
+                stacklevel=2,
+            )
         super().__init__(problem_type=problem_type, **kwargs)
 
 
