@@ -101,6 +101,8 @@ def check_callable(spec: Any) -> None:
     if isinstance(spec, Intervention) or takes_base_and_source(spec):
         return
     required, maximum = positional_arity(spec)  # not None: takes_base_and_source said no
+    if required == 3 and maximum >= 3 and not isinstance(spec, nn.Module):
+        return  # f(base, source, subspaces), as in the reference's tutorial: LambdaIntervention passes them
     if required == float("inf"):
         takes = "a required keyword-only argument"
     elif maximum < 2:

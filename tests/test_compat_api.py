@@ -227,6 +227,28 @@ def test_reference_new_model_type_recipe_on_t5() -> None:
         del pv.type_to_dimension_mapping[type(t5)]
 
 
+def test_callable_with_subspaces_argument() -> None:
+    """pyvene_101: ``def pv_patcher(b, s, sp)`` receives the call's subspaces (here: a position to zero)."""
+    model = _tiny_gpt2()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+
+    def zero_pos3(m, a, o):
+        o = o.clone()
+        o[:, 3] = 0
+        return o
+
+    want = _with_hook(model.h[0].mlp, zero_pos3, lambda: model(ids).last_hidden_state)
+
+    def pv_patcher(b, s, sp):
+        mask = torch.ones_like(b)
+        mask[:, sp[0][0], :] = 0.0
+        return b * mask
+
+    pv_model = pv.IntervenableModel({"component": "h[0].mlp.output", "intervention": pv_patcher}, model=model)
+    _, out = pv_model(base={"input_ids": ids}, subspaces=3)
+    assert torch.allclose(out.last_hidden_state, want, atol=1e-6)
+
+
 def test_build_intervenable_model() -> None:
     model = _tiny_gpt2()
     built = pv.build_intervenable_model({"layer": 0, "component": "block_output"}, model)
