@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .errors import ConfigError
 from .models.constants import CONST_INPUT_HOOK, CONST_OUTPUT_HOOK, split_half, split_head_and_permute, split_three
-from .sites.registry import _BY_CLASS, _BY_MODEL_TYPE, Architecture, Component, attr, register_architecture, registered_architectures
+from .sites.registry import _BY_CLASS, _BY_MODEL_TYPE, _BY_NAME, Architecture, Component, attr, register_architecture, registered_architectures
 
 _HOOK_TO_CONST = {"input": CONST_INPUT_HOOK, "output": CONST_OUTPUT_HOOK}
 _CONST_TO_HOOK = {v: k for k, v in _HOOK_TO_CONST.items()}
@@ -283,6 +283,7 @@ def _register_user_architecture(cls: type) -> None:
     if modules is None:
         if cls.__name__ in _REPLACED:  # the user's table is gone: restore what was there
             original = _REPLACED.pop(cls.__name__)
+            _BY_NAME.pop(f"user:{cls.__name__}", None)
             if original is None:
                 _BY_CLASS.pop(cls.__name__, None)
             else:
@@ -300,5 +301,6 @@ def _register_user_architecture(cls: type) -> None:
             components=components,
             base_paths=("",),
             description=f"Set through pv.type_to_module_mapping[{cls.__name__}].",
-        )
+        ),
+        replace=True,
     )
