@@ -1,6 +1,7 @@
 """``IntervenableModel``: wrap any PyTorch model and run it with interventions."""
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -130,6 +131,13 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         for i, key in sorted(enumerate(keys), key=lambda item: (item[1], item[0])):
             groups.setdefault(key, []).append(i)
         return groups
+
+    @property
+    def is_model_stateless(self) -> bool:
+        """False for the built-in unrolled GRU (a recurrent model), True otherwise, as in the reference."""
+        gru = sys.modules.get("intervenable.models.gru")  # not imported: the model cannot be one of its classes
+        recurrent = () if gru is None else (gru.GRUModel, gru.GRULMHeadModel, gru.GRUForClassification)
+        return not isinstance(self.model, recurrent)
 
     @property
     def groups(self) -> List[List[str]]:

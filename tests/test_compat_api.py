@@ -375,3 +375,12 @@ def test_gru_fields_and_outputs() -> None:
     ids = torch.tensor([[1, 2, 3]])
     lm_logits, lm_last = lm(input_ids=ids)
     assert lm_logits.shape == (1, 3, 9) and lm_last.shape == (1, 4)
+
+
+def test_is_model_stateless_is_false_only_for_the_recurrent_builtin_models():
+    """The reference: ``is_stateless(model)`` is False exactly for its GRU classes."""
+    gru = pv.create_gru_classifier(GRUConfig(h_dim=4, n_layer=1, n_labels=2))[2]
+    mlp = pv.create_mlp_classifier(MLPConfig(h_dim=4, n_layer=1, num_classes=2))[2]
+    assert pv.IntervenableModel({"layer": 0, "component": "cell_output", "unit": "t"}, gru).is_model_stateless is False
+    assert pv.IntervenableModel({"layer": 0, "component": "block_output"}, mlp).is_model_stateless is True
+    assert pv.IntervenableModel({"layer": 0, "component": "block_output"}, _tiny_gpt2()).is_model_stateless is True
