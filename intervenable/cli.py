@@ -272,7 +272,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
 def cmd_patch(args: argparse.Namespace) -> None:
     check_args(args)
     if args.method == "exact" and (args.verify is not None or args.steps is not None):
-        raise CliError("--verify and --steps apply to --method atp or ig (exact patching is already exact).")
+        raise CliError("--verify and --steps apply to --method atp, ig or eap-ig (exact patching is already exact).")
     _positive(args.steps, "--steps", "points on the integrated-gradients path")
     _positive(args.verify, "--verify", "cells rerun by exact patching")
     clean = _check_prompt(args.clean, "--clean")
@@ -342,12 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep(p)
     p.add_argument("--clean", required=True, help="the prompt whose activations are copied in")
     p.add_argument("--corrupted", required=True, help="the prompt that is run and patched (same length)")
-    p.add_argument("--method", choices=["exact", "atp", "ig"], default="exact",
-                   help="exact patching (default), or estimates from gradients: atp (one backward) or ig "
-                        "(integrated gradients)")
-    p.add_argument("--steps", type=int, default=None, help="points on the path for --method ig (default 8)")
+    p.add_argument("--method", choices=["exact", "atp", "ig", "eap-ig"], default="exact",
+                   help="exact patching (default), or estimates from gradients: atp (one backward), ig "
+                        "(integrated gradients on each layer's sites) or eap-ig (on the token embeddings)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="points on the path for --method ig (default 4) or eap-ig (default 8)")
     p.add_argument("--verify", type=int, default=None, metavar="K",
-                   help="with atp/ig: rerun the K largest estimates by exact patching and print both")
+                   help="with atp/ig/eap-ig: rerun the K largest estimates by exact patching and print both")
     p.set_defaults(func=cmd_patch)
 
     c = sub.add_parser("components", help="list the components of a model and the modules they hook")

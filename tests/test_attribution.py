@@ -81,23 +81,24 @@ def patch_value_by_hand(model: nn.Module, layer: int, pos: int) -> float:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("method", ["atp", "ig"])
+@pytest.mark.parametrize("method", ["atp", "ig", "eap-ig"])
 def test_estimate_is_exact_where_the_model_is_linear(family: str, method: str) -> None:
     model = linear_tail(family)
     last = model.config.num_hidden_layers - 1
-    # Linear in each site with the rest of the run fixed. The gradient at the block / attention outputs is
-    # constant, so ig (whose path moves every activation) is exact there too; at the value vectors it
-    # depends on the attention pattern, which ig's path moves: only atp is exact there.
+    # Linear in each site with the rest of the run fixed. atp and ig keep the rest of the run at the base
+    # prompt's values (ig moves one site at a time), so both are exact at every site here. eap-ig moves the
+    # whole run: the gradient at the block / attention outputs is constant, so it is exact there too, but at
+    # the value vectors the gradient depends on the attention pattern, which its path moves.
     comps = ["block_output", "attention_output", "attention_value_output"]
     head_comps = ["head_attention_value_output"]
-    if method == "atp":
+    if method != "eap-ig":
         comps, head_comps = comps + ["value_output"], head_comps + ["head_value_output"]
     kw = dict(components=comps, layers=[last], metric="logit")
     est = pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, method=method, **kw)
     exact = pv.patching_sweep(model, CORRUPT, CLEAN, TARGET, progress=False, **kw)
     assert float((exact.values - exact.corrupted_score).abs().max()) > 0.1  # patches that matter
     torch.testing.assert_close(est.values, exact.values, atol=2e-5, rtol=1e-5)
-    if method == "atp":
+    if method != "eap-ig":
         for p in range(CLEAN.shape[1]):
             assert float(est.values[3, 0, p]) == pytest.approx(patch_value_by_hand(model, last, p), abs=2e-5)
     for comp in head_comps:
@@ -107,6 +108,21 @@ def test_estimate_is_exact_where_the_model_is_linear(family: str, method: str) -
                                         layers=[last], metric="logit", progress=False)
         assert float((exact_heads.values - exact_heads.corrupted_score).abs().max()) > 0.1
         torch.testing.assert_close(heads.values, exact_heads.values, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_ig_converges_to_exact_patching_where_the_tokens_differ(family: str) -> None:
+    """ig moves a position whose token differs between the prompts on its own path, the rest of the run computed
+    from the base prompt: by the completeness of integrated gradients its estimate is that site's exact
+    patching effect, up to the quadrature error of the midpoint rule (measured: ~3e-5 at 64 steps)."""
+    model = gpt2(init=0.3) if family == "gpt2" else llama(init=0.3)  # large weights: far from linear
+    kw = dict(components=["block_output", "mlp_output", "attention_output"], metric="logprob")
+    exact = pv.patching_sweep(model, CORRUPT, CLEAN, TARGET, progress=False, **kw)
+    ig = pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, method="ig", steps=64, **kw)
+    atp = pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, **kw)
+    differ = (CLEAN != CORRUPT)[0]
+    assert float((exact.values[..., differ] - atp.values[..., differ]).abs().max()) > 0.1  # atp is far off there
+    torch.testing.assert_close(ig.values[..., differ], exact.values[..., differ], atol=2e-4, rtol=0)
 
 
 # -- the embedded demo model ----------------------------------------------------------
@@ -124,18 +140,16 @@ def demo_pair():
 def test_demo_model_ig_ranks_like_exact_and_verify_is_exact() -> None:
     fact, other = demo_pair()
     kw = dict(target=fact["target"], tokenizer=TOK, metric="logit_diff", foil=other["target"])
-    for comp in ("block_output", "mlp_output"):
+    for comp in ("block_output", "mlp_output", "attention_output"):
         exact = pv.patching_sweep(DEMO, other["prompt"], fact["prompt"], components=[comp], progress=False, **kw)
         ig = pv.attribution_patching(DEMO, other["prompt"], fact["prompt"], components=[comp], method="ig", **kw)
+        eap = pv.attribution_patching(DEMO, other["prompt"], fact["prompt"], components=[comp], method="eap-ig", **kw)
         atp = pv.attribution_patching(DEMO, other["prompt"], fact["prompt"], components=[comp], verify=5, **kw)
-        effect = (exact.values - exact.corrupted_score).abs()
-        if comp == "block_output":  # measured 0.96 (atp: 0.44)
-            assert spearman(ig.values, exact.values) >= 0.9
-        # mlp_output: most cells have no effect (|effect| < 1% of the largest) and rank as noise; over all
-        # cells ig measures 0.66 (atp 0.69). Over the cells that matter ig measures 0.93 (atp 0.12).
-        matters = effect >= 0.01 * effect.max()
-        assert spearman(ig.values[matters], exact.values[matters]) >= 0.9
-        assert spearman(ig.values[matters], exact.values[matters]) > spearman(atp.values[matters], exact.values[matters])
+        # Rank correlation over all 64 cells, most of which have almost no effect (measured, 4 steps:
+        # ig 0.97 / 1.00 / 0.99 for block / mlp / attention outputs; eap-ig 0.96 / 0.66 / 0.76; atp 0.44 / 0.69 / 0.56).
+        rho = spearman(ig.values, exact.values)
+        assert rho >= 0.9
+        assert rho > spearman(atp.values, exact.values) and rho > spearman(eap.values, exact.values)
         # verify=5: the five largest |estimate - base score| cells, rerun exactly, equal patching_sweep's values
         # (up to float rounding: the rows are batched differently).
         checked = ~torch.isnan(atp.tensors["exact"])
@@ -166,9 +180,11 @@ def head_modules(model: nn.Module, layer: int, comp: str):
             "head_attention_value_output": (attn.o_proj, "input", slice(0, 32), 4)}[comp]
 
 
-def hand_attribution(model: nn.Module, layer: int, comp: str, alphas=None) -> torch.Tensor:
+def hand_attribution(model: nn.Module, layer: int, comp: str, alphas=None, moved=None, heads=None) -> torch.Tensor:
     """[heads, T]: (clean - corrupted) . d logprob / d activation, with plain hooks and autograd;
-    with ``alphas``, the gradient averaged over token embeddings interpolated between the prompts."""
+    with ``alphas``, the gradient averaged over token embeddings interpolated between the prompts, or with
+    ``moved`` (a [rows, T] 0/1 mask), over the activation itself interpolated at the masked positions
+    (row r moves by ``alphas[r]``; only ``heads`` if given), read where it moved."""
     module, kind, sl, H = head_modules(model, layer, comp)
     acts = {}
 
@@ -182,13 +198,22 @@ def hand_attribution(model: nn.Module, layer: int, comp: str, alphas=None) -> to
             model(ids)
         h.remove()
     probe = torch.zeros((1 if alphas is None else len(alphas),) + acts["clean"].shape[1:], requires_grad=True)
+    shift = torch.zeros_like(probe)
+    if moved is not None:  # only the component's slice moves, at the masked positions
+        a = torch.tensor(alphas).view(-1, 1, 1) * moved.unsqueeze(-1)
+        diff = (acts["clean"] - acts["corrupted"])[..., sl]
+        if heads is not None:
+            diff = (diff.unflatten(-1, (H, -1)) * torch.isin(torch.arange(H), torch.tensor(heads)).view(H, 1)).flatten(-2)
+        shift[..., sl] = a * diff
     if kind == "input":
-        h = module.register_forward_pre_hook(lambda m, a: (a[0] + probe,))
+        h = module.register_forward_pre_hook(lambda m, a: (a[0] + shift + probe,))
     else:
-        h = module.register_forward_hook(lambda m, a, o: o + probe)
+        h = module.register_forward_hook(lambda m, a, o: o + shift + probe)
     handles = [h]
     ids = CORRUPT
-    if alphas is not None:
+    if moved is not None:
+        ids = CORRUPT.expand(len(alphas), -1)
+    elif alphas is not None:
         emb = model.get_input_embeddings()
         with torch.no_grad():
             eb, es = emb(CORRUPT), emb(CLEAN)
@@ -201,7 +226,10 @@ def hand_attribution(model: nn.Module, layer: int, comp: str, alphas=None) -> to
     finally:
         for handle in handles:
             handle.remove()
-    grad = grad.sum(0) / (1 if alphas is None else len(alphas))
+    if moved is not None:
+        grad = (grad * moved.unsqueeze(-1)).sum(0) / moved.sum(0).clamp(min=1).unsqueeze(-1)
+    else:
+        grad = grad.sum(0) / (1 if alphas is None else len(alphas))
     diff = (acts["clean"] - acts["corrupted"])[0]
     T = diff.shape[0]
     return (diff[:, sl] * grad[:, sl]).reshape(T, H, -1).sum(-1).T
@@ -224,11 +252,24 @@ def test_head_estimates_match_hand_written_gradients(family: str) -> None:
             expected = hand_attribution(model, layer, comp).T + r.corrupted_score  # [T, heads]
             torch.testing.assert_close(r.values[0, li], expected, atol=1e-5, rtol=1e-5)
     alphas = [0.125, 0.375, 0.625, 0.875]
-    ig = pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, components=["head_attention_value_output"], heads="all",
-                                 layers=[1], metric="logprob", method="ig", steps=4, batch_size=3)
-    assert ig.info["backwards"] == 2  # 4 points, 3 per forward
-    expected = hand_attribution(model, 1, "head_attention_value_output", alphas).T + ig.corrupted_score
-    torch.testing.assert_close(ig.values[0, 0], expected, atol=1e-5, rtol=1e-5)
+    eap = pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, components=["head_attention_value_output"],
+                                  heads="all", layers=[1], metric="logprob", method="eap-ig", steps=4, batch_size=3)
+    assert eap.info["backwards"] == 2  # 4 points, 3 per forward
+    expected = hand_attribution(model, 1, "head_attention_value_output", alphas).T + eap.corrupted_score
+    torch.testing.assert_close(eap.values[0, 0], expected, atol=1e-5, rtol=1e-5)
+    # ig: the prompts differ at positions 1 and 2, each moved on its own; positions 0, 3, 4, 5 move together.
+    groups = [[1], [2], [0, 3, 4, 5]]
+    moved = torch.zeros(3 * 2, 6)
+    for g, group in enumerate(groups):
+        moved[2 * g:2 * g + 2, group] = 1
+    for heads in ("all", [1, 3]):
+        ig = pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, components=["head_attention_value_output"],
+                                     heads=heads, layers=[1], metric="logprob", method="ig", steps=2, batch_size=4)
+        assert ig.info["backwards"] == 2  # 3 groups x 2 points, 4 per forward
+        expected = hand_attribution(model, 1, "head_attention_value_output", [0.25, 0.75] * 3, moved,
+                                    None if heads == "all" else heads).T + ig.corrupted_score
+        cols = [0, 1, 2, 3] if heads == "all" else [1, 3]
+        torch.testing.assert_close(ig.values[0, 0], expected[:, cols], atol=1e-5, rtol=1e-5)
 
 
 # -- hygiene and errors -------------------------------------------------------------------
@@ -237,7 +278,7 @@ def test_model_is_left_as_found() -> None:
     model.train()
     model.transformer.h[0].attn.c_attn.weight.requires_grad_(False)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for method in ("atp", "ig"):
+    for method in ("atp", "ig", "eap-ig"):
         pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, components=["block_output", "mlp_output"],
                                 method=method, verify=3)
     with pytest.raises(RuntimeError, match="metric failed"):
@@ -277,7 +318,7 @@ def test_cli_patch_with_attribution_methods(tmp_path, capsys) -> None:
     torch.testing.assert_close(saved.values, ref.values)
     torch.testing.assert_close(saved.tensors["exact"], ref.tensors["exact"], equal_nan=True)
     assert main(["patch", "--clean", "a", "--corrupted", "b", "--verify", "2"]) == 2
-    assert "--verify and --steps apply to --method atp or ig" in capsys.readouterr().err
+    assert "--verify and --steps apply to --method atp, ig or eap-ig" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "qwen3", "falcon_new"])
@@ -290,7 +331,7 @@ def test_other_families_give_patching_sweeps_cells(family: str) -> None:
     model = FAMILIES[family]()[0].eval()
     kw = dict(components=["block_output", "mlp_output", "attention_output"], metric="logprob")
     exact = pv.patching_sweep(model, CORRUPT, CLEAN, TARGET, progress=False, **kw)
-    for method in ("atp", "ig"):
+    for method in ("atp", "ig", "eap-ig"):
         r = pv.attribution_patching(model, CORRUPT, CLEAN, TARGET, method=method, verify=4, **kw)
         assert (r.axes, r.components, r.layers, r.positions, r.tokens) == (exact.axes, exact.components, exact.layers,
                                                                          exact.positions, exact.tokens)

@@ -4,12 +4,15 @@ Activation patching costs one (partial) forward per site. Attribution patching
 (AtP: Nanda 2023; Kramar et al. 2024; Syed et al. 2023) estimates the effect of
 copying activation ``a`` from the source run into the base run as
 ``(a_source - a_base) . dMetric/da`` for every site at once, from one source
-forward, one base forward and one backward. ``method="ig"`` (EAP-IG, Hanna et al.
-2024) averages the gradient over ``steps`` points of the straight path from
-the base to the source prompt's token embeddings, along which every site moves
-from its base to its source activation, instead of taking it at the base point. The sites, cells and result are those of ``patching_sweep`` (same
-``patching_plan``), so the two compare cell by cell; ``verify=k`` reruns the
-``k`` largest estimates with exact patching.
+forward, one base forward and one backward. ``method="ig"`` averages the
+gradient over ``steps`` points of the straight path from the site's base to its
+source activation (integrated gradients on the sites, one layer and position
+group at a time, the rest of the run computed from the base prompt);
+``method="eap-ig"`` (Hanna et al. 2024) over the straight path between the two
+prompts' token embeddings, along which every site moves at once. The sites,
+cells and result are those of ``patching_sweep`` (same ``patching_plan``), so
+the two compare cell by cell; ``verify=k`` reruns the ``k`` largest estimates
+with exact patching.
 """
 from __future__ import annotations
 
@@ -21,13 +24,13 @@ from torch import nn
 
 from ..errors import ConfigError
 from .api import _check_common, _execute, _n_layers, _result, _setup, patching_plan
-from .gradients import activations_only, attribution_per_site, site_gradients
+from .gradients import activations_only, attribution_per_site, site_gradients, site_path_gradients
 from .result import SweepResult
 from .runner import auto_batch_size, budget_bytes, capture
 from .spec import Metric, Plan, token_strings, token_text
 
-METHODS = ("atp", "ig")
-DEFAULT_STEPS = 8
+METHODS = ("atp", "ig", "eap-ig")
+DEFAULT_STEPS = {"ig": 4, "eap-ig": 8}
 
 
 def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any = None, *,
@@ -41,8 +44,11 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
 
     Each cell holds the base run's score plus the estimated change from copying that one activation
     from ``source``: ``(a_source - a_base) . dMetric/da`` (``method="atp"``: one backward for all sites),
-    or the same with the gradient averaged over ``steps`` (default 8) points of the straight path from
-    the base to the source token embeddings (``method="ig"``: ``steps`` forwards and backwards, batched).
+    or the same with the gradient averaged over ``steps`` midpoints of a straight path: ``method="ig"``
+    (default 4 steps) moves one layer's site from its base to its source activation, at each position
+    whose token differs between the prompts on its own and at the other positions together
+    (``steps x sites x (differing positions + 1)`` rows); ``method="eap-ig"`` (default 8) moves the token
+    embeddings, so every site at once (``steps`` rows). Rows are batched into few forwards.
     Head components with ``heads=...`` give one estimate per head from the same backward.
     ``verify=k`` reruns the ``k`` cells with the largest ``|estimate - base score|`` by exact patching
     (the sweeps' fast path when the model has one) and stores them in ``result.tensors["exact"]``
@@ -52,11 +58,11 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
     ``progress``, work as in ``patching_sweep`` for the verification.
     """
     if method not in METHODS:
-        raise ConfigError(f"Unknown method {method!r}: use 'atp' (linear estimate) or 'ig' (integrated gradients); "
-                          "for exact patching call patching_sweep.")
-    if steps is not None and method != "ig":
-        raise ConfigError("steps=... applies to method='ig' only: drop it, or pass method='ig'.")
-    n_steps = DEFAULT_STEPS if steps is None else int(steps)
+        raise ConfigError(f"Unknown method {method!r}: use 'atp' (linear estimate), 'ig' (integrated gradients on "
+                          "the sites) or 'eap-ig' (on the token embeddings); for exact patching call patching_sweep.")
+    if steps is not None and method == "atp":
+        raise ConfigError("steps=... applies to method='ig' or 'eap-ig' only: drop it, or pass method='ig'.")
+    n_steps = DEFAULT_STEPS.get(method, 1) if steps is None else int(steps)
     if n_steps < 1:
         raise ConfigError(f"steps must be a positive number of points on the path; got {steps!r}.")
     if verify is not None and (isinstance(verify, bool) or int(verify) < 1):
@@ -76,21 +82,26 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
             clean_logits, src = capture(model, clean_ids, plan.sites, plan.sites.keys())
         if method == "atp":
             base_scores, base_acts, grads = site_gradients(model, base_ids, plan.sites, fn)
-            rows, forwards = 1, 1
+            rows, backwards, forwards = 1, 1, 1
         else:
             with torch.no_grad():
                 base_logits, base_acts = capture(model, base_ids, plan.sites, plan.sites.keys())
             base_scores = fn(base_logits.float()).float()
-            grads, rows, forwards = _path_gradients(model, base_ids, clean_ids, plan, fn, n_steps,
-                                                    batch_size, memory_budget)
+            if method == "ig":
+                grads, rows, backwards = _site_path(model, base_ids, clean_ids, plan, fn, pos, head_list, base_acts,
+                                                   src, n_steps, batch_size, memory_budget)
+            else:
+                grads, rows, backwards = _path_gradients(model, base_ids, clean_ids, plan, fn, n_steps,
+                                                        batch_size, memory_budget)
+            forwards = backwards + 1  # and the base run
     attr = attribution_per_site(plan.sites, base_acts, src, grads)
     corrupted_score = float(base_scores[0])
     table = {key: a.tolist() for key, a in attr.items()}  # plain lists: one lookup per row, no tensor indexing
     scores = torch.tensor([corrupted_score + _cell(table, row[0]) for row in plan.rows], dtype=torch.float64).float()
     info: Dict[str, Any] = {"path": method, "method": method, "fallback_reason": "", "batch_size": rows,
-                            "forwards": forwards + 1, "backwards": forwards, "seconds": time.perf_counter() - t0,
+                            "forwards": forwards + 1, "backwards": backwards, "seconds": time.perf_counter() - t0,
                             "clean_score": float(fn(clean_logits.float())[0]), "corrupted_score": corrupted_score}
-    if method == "ig":
+    if method != "atp":
         info["steps"] = n_steps
     shape = (len(components), len(lay), len(pos)) + ((len(head_list),) if head_list else ())
     result = _result("attribution_patching", scores, plan, shape, list(components), lay, pos, head_list,
@@ -107,14 +118,63 @@ def _cell(table: Dict[str, list], write: Any) -> float:
     return a[write.head][write.pos] if write.head is not None else a[write.pos]
 
 
+def _site_path(model: nn.Module, ids: torch.Tensor, source_ids: torch.Tensor, plan: Plan, fn: Any,
+               pos: List[int], heads: Optional[List[int]], base: Dict[str, torch.Tensor],
+               source: Dict[str, torch.Tensor], steps: int, batch_size: Optional[int], memory_budget: Optional[int]):
+    """Integrated gradients on the sites: (gradients averaged over the path, rows per forward, forwards).
+
+    One row per (site, position group, alpha): the site's swept positions in the group (and heads) move to
+    ``base + alpha * (source - base)``, alpha at the midpoints ``(k + 0.5) / steps``; the rest of the run is
+    computed from the base prompt. A position whose token differs between the prompts is a group of its own
+    (its estimate is then its own patching effect, up to the quadrature); the other positions, which differ
+    only through what they read from those, move together. Each site and position moves in ``steps`` rows.
+    """
+    T = ids.shape[1]
+    differs = (ids[0] != source_ids[0]).tolist()
+    groups = [[p] for p in pos if differs[p]]
+    rest = [p for p in pos if not differs[p]]
+    groups += [rest] if rest else []
+    keys = list(plan.sites)
+    alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).tolist()
+    rows = [(key, group, alpha) for key in keys for group in groups for alpha in alphas]
+    deltas = {key: _swept_delta(plan.sites[key], base[key], source[key], heads) for key in keys}
+    if batch_size is None:
+        # A backward keeps every layer's activations: the sweeps' per-forward estimate, times the layers.
+        budget = budget_bytes(model, memory_budget) // (2 * max(1, _n_layers_or_one(model)))
+        batch_size = auto_batch_size(model, T, len(rows), max(1, budget))
+    total: Dict[str, torch.Tensor] = {}
+    calls = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        coefs = {key: torch.zeros(len(chunk), T, device=ids.device) for key in keys}
+        for r, (key, group, alpha) in enumerate(chunk):
+            coefs[key][r, group] = alpha
+        grads = site_path_gradients(model, ids, plan.sites, fn, deltas, coefs)
+        for key, g in grads.items():
+            total[key] = g if key not in total else total[key] + g
+        calls += 1
+    return {k: v / steps for k, v in total.items()}, int(min(batch_size, len(rows))), calls
+
+
+def _swept_delta(site: Any, base: torch.Tensor, source: torch.Tensor, heads: Optional[List[int]]) -> torch.Tensor:
+    """``source - base`` (raw shape), zero outside the site's slice and, for a head list, the other heads."""
+    diff = source - base
+    view = site.to_view(diff)
+    if heads is not None and site.has_heads and view.dim() == 4:
+        mask = torch.zeros(view.shape[1], dtype=view.dtype, device=view.device)
+        mask[heads] = 1
+        view = view * mask.view(1, -1, 1, 1)
+    return site.from_view(torch.zeros_like(diff), view)
+
+
 def _path_gradients(model: nn.Module, ids: torch.Tensor, source_ids: torch.Tensor, plan: Plan, fn: Any,
                     steps: int, batch_size: Optional[int], memory_budget: Optional[int]):
-    """Gradients averaged over the midpoints ``(k + 0.5) / steps`` of the straight path between the two
-    prompts' token embeddings, ``batch_size`` points per forward."""
+    """EAP-IG: gradients averaged over the midpoints ``(k + 0.5) / steps`` of the straight path between the
+    two prompts' token embeddings, ``batch_size`` points per forward."""
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if not isinstance(emb, nn.Module):
-        raise ConfigError("method='ig' interpolates the token embeddings, but the model has no "
-                          "get_input_embeddings(): use method='atp'.")
+        raise ConfigError("method='eap-ig' interpolates the token embeddings, but the model has no "
+                          "get_input_embeddings(): use method='ig' or 'atp'.")
     with torch.no_grad():
         e_base, e_source = emb(ids), emb(source_ids)
     T = ids.shape[1]

@@ -8,12 +8,13 @@ parameters are frozen meanwhile (``requires_grad=False``, restored after), so
 no weight gradient is computed or stored, and ``.grad`` of the parameters is
 never touched.
 
-For integrated gradients the same forward runs ``len(alphas)`` rows at once;
-row ``k`` replaces the token embeddings by ``e_base + alphas[k] * (e_source -
-e_base)``, the straight path between the two prompts' inputs (EAP-IG, Hanna et
-al. 2024), so every site's activation moves from its base to its source value
-together, as the model computes it. The path does not depend on which sites
-are swept.
+Integrated gradients run many rows in one forward. ``site_path_gradients``
+(``method="ig"``): each row moves one site's activation at some positions a
+fraction ``alpha`` of the way from its base to its source value, everything
+else computed by the base run; the gradient is read at the moved activation
+only. ``site_gradients`` with ``path`` (``method="eap-ig"``, Hanna et al.
+2024): row ``k`` replaces the token embeddings by ``e_base + alphas[k] *
+(e_source - e_base)``, so every site moves at once, as the model computes it.
 """
 from __future__ import annotations
 
@@ -49,14 +50,15 @@ def activations_only(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _probe_hook(key: str, site: Site, probes: Acts, seen: Acts) -> Callable[..., Any]:
-    """A hook adding a zero leaf probe to the site's activation (and keeping the activation in ``seen``)."""
+def _probe_hook(key: str, site: Site, probes: Acts, seen: Acts,
+                shift: Optional[torch.Tensor] = None) -> Callable[..., Any]:
+    """A hook adding a zero leaf probe (and ``shift``, if any) to the site's activation, kept in ``seen``."""
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         seen[key] = x.detach()
         probe = torch.zeros_like(x, requires_grad=True)
         probes[key] = probe
-        return x + probe
+        return x + probe if shift is None else x + shift.to(x.dtype) + probe
 
     if site.hook == "input":
         def pre(module, args, kwargs):
@@ -117,3 +119,55 @@ def attribution_per_site(sites: Dict[str, Site], base: Acts, source: Acts, grads
         else:
             out[key] = prod[0].reshape(prod.shape[1], -1).sum(-1)  # [T]
     return out
+
+
+def _positions_view(site: Site, coef: torch.Tensor, view_dim: int) -> torch.Tensor:
+    """``coef`` ``[rows, T]`` shaped to broadcast against the site's view (``[rows, (heads,) T, ...]``)."""
+    if site.has_heads and view_dim == 4:
+        return coef.view(coef.shape[0], 1, coef.shape[1], 1)
+    return coef.view(*coef.shape, *([1] * (view_dim - 2)))
+
+
+def site_path_gradients(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site],
+                        metric: Callable[[torch.Tensor], torch.Tensor], deltas: Acts,
+                        coefs: Dict[str, torch.Tensor]) -> Acts:
+    """One forward of ``R`` rows of ``ids`` and one backward; per site, the gradient summed over the rows
+    that move it.
+
+    ``deltas[key]``: ``source - base``, raw-shaped ``[1, ...]``, zero outside the swept part (slice, heads). ``coefs[key]``: ``[R, T]``, how far row ``r`` moves the site at position ``t`` towards the
+    source (0: not at all). Returns raw-shaped gradients ``[1, ...]`` summed over the rows with a nonzero
+    coefficient at each position. Call inside ``activations_only(model)``.
+    """
+    R = next(iter(coefs.values())).shape[0]
+    shifts: Acts = {}
+    for key, site in sites.items():
+        coef = coefs[key]
+        if bool(coef.any()):
+            delta = site.to_view(deltas[key])
+            view = _positions_view(site, coef.to(delta), delta.dim()) * delta
+            raw = deltas[key].new_zeros((R,) + tuple(deltas[key].shape[1:]))
+            shifts[key] = site.from_view(raw, view)
+    probes: Acts = {}
+    seen: Acts = {}
+    with HookSet() as hooks:
+        for key, site in sites.items():
+            hooks.add(site.module, site.hook, _probe_hook(key, site, probes, seen, shifts.get(key)))
+        out = model(input_ids=ids.expand(R, -1), **logits_kwargs(model))
+    scores = metric(logits_of(out)[:, -1])
+    missing = [k for k in sites if k not in probes]
+    if missing:
+        raise ConfigError(f"The sites {missing} were never reached by the forward pass: check the components.")
+    keys = [k for k in sites if k in shifts]
+    grads = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+    out_grads: Acts = {}
+    for key, g in zip(keys, grads):
+        site = sites[key]
+        g = torch.zeros_like(probes[key]) if g is None else g.detach()
+        view = site.to_view(g)
+        moved = _positions_view(site, (coefs[key] != 0).to(view), view.dim())
+        out_grads[key] = site.from_view(torch.zeros_like(g[:1]), (view * moved).sum(0, keepdim=True))
+    for key in sites:
+        if key not in out_grads:
+            out_grads[key] = torch.zeros_like(probes[key][:1])
+    return out_grads
+
