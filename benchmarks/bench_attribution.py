@@ -1,4 +1,4 @@
-"""Attribution patching speed: ``atp`` and ``ig`` against the exact ``patching_sweep`` they estimate.
+"""Attribution patching speed: ``atp``, ``ig`` and ``eap-ig`` against the exact ``patching_sweep`` they estimate.
 
 A randomly initialised GPT-2-small-shaped model (12 layers, 768 wide, 12 heads, vocabulary 50257, CPU);
 the sites are every head x position (``head_attention_value_output``, ``heads="all"``) plus every
@@ -56,10 +56,8 @@ def _run(model, method: str, clean, corrupted, target: int, positions: Optional[
         b = pv.patching_sweep(model, corrupted, clean, components=[HEADS], heads="all", progress=False, **kw)
         assert a.info["path"] == b.info["path"] == "fast", (a.info, b.info)
     else:
-        extra = {"steps": 8} if method == "ig" else {}
-        a = pv.attribution_patching(model, corrupted, clean, components=COMPONENTS, method=method, **extra, **kw)
-        b = pv.attribution_patching(model, corrupted, clean, components=[HEADS], heads="all", method=method,
-                                    **extra, **kw)
+        a = pv.attribution_patching(model, corrupted, clean, components=COMPONENTS, method=method, **kw)
+        b = pv.attribution_patching(model, corrupted, clean, components=[HEADS], heads="all", method=method, **kw)
     return a.values, b.values
 
 
@@ -106,7 +104,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--tokens", type=int, nargs="+", default=[16, 128])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=2, help="best of N for atp and ig (exact runs once)")
+    ap.add_argument("--repeat", type=int, default=2, help="best of N for the estimates (exact runs once)")
     ap.add_argument("--exact-stride", type=int, default=None,
                     help="time exact patching on every S-th position only (default: 16 above 32 tokens, else 1)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -136,7 +134,11 @@ def main() -> None:
             stride = args.exact_stride or (16 if T > 32 else 1)
             n_sites = args.layers * T * (len(COMPONENTS) + args.heads)
             exact = run_child("exact", T, stride, args)
-            rows = {"atp": run_child("atp", T, 1, args), "ig (8 steps)": run_child("ig", T, 1, args)}
+            from intervenable.sweeps.attribution import DEFAULT_STEPS
+
+            rows = {"atp": run_child("atp", T, 1, args)}
+            for method, steps in DEFAULT_STEPS.items():
+                rows[f"{method} ({steps} steps)"] = run_child(method, T, 1, args)
             if "error" in exact:
                 print(f"| {T} | exact patching_sweep | {n_sites} | {exact['error']} | | | |")
                 continue
