@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact patching (default), or estimates from gradients: atp (one backward), ig "
                         "(integrated gradients on each layer's sites) or eap-ig (on the token embeddings)")
     p.add_argument("--steps", type=int, default=None,
-                   help="points on the path for --method ig (default 4) or eap-ig (default 8)")
+                   help="points on the path for --method ig or eap-ig (default 8)")
     p.add_argument("--verify", type=int, default=None, metavar="K",
                    help="with atp/ig/eap-ig: rerun the K largest estimates by exact patching and print both")
     p.set_defaults(func=cmd_patch)

@@ -30,7 +30,7 @@ from .runner import auto_batch_size, budget_bytes, capture
 from .spec import Metric, Plan, token_strings, token_text
 
 METHODS = ("atp", "ig", "eap-ig")
-DEFAULT_STEPS = {"ig": 4, "eap-ig": 8}
+DEFAULT_STEPS = 8
 
 
 def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any = None, *,
@@ -44,10 +44,10 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
 
     Each cell holds the base run's score plus the estimated change from copying that one activation
     from ``source``: ``(a_source - a_base) . dMetric/da`` (``method="atp"``: one backward for all sites),
-    or the same with the gradient averaged over ``steps`` midpoints of a straight path: ``method="ig"``
-    (default 4 steps) moves one layer's site from its base to its source activation, at each position
+    or the same with the gradient averaged over ``steps`` (default 8) midpoints of a straight path:
+    ``method="ig"`` moves one layer's site from its base to its source activation, at each position
     whose token differs between the prompts on its own and at the other positions together
-    (``steps x sites x (differing positions + 1)`` rows); ``method="eap-ig"`` (default 8) moves the token
+    (``steps x sites x (differing positions + 1)`` rows); ``method="eap-ig"`` moves the token
     embeddings, so every site at once (``steps`` rows). Rows are batched into few forwards.
     Head components with ``heads=...`` give one estimate per head from the same backward.
     ``verify=k`` reruns the ``k`` cells with the largest ``|estimate - base score|`` by exact patching
@@ -62,7 +62,7 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
                           "the sites) or 'eap-ig' (on the token embeddings); for exact patching call patching_sweep.")
     if steps is not None and method == "atp":
         raise ConfigError("steps=... applies to method='ig' or 'eap-ig' only: drop it, or pass method='ig'.")
-    n_steps = DEFAULT_STEPS.get(method, 1) if steps is None else int(steps)
+    n_steps = DEFAULT_STEPS if steps is None else int(steps)
     if n_steps < 1:
         raise ConfigError(f"steps must be a positive number of points on the path; got {steps!r}.")
     if verify is not None and (isinstance(verify, bool) or int(verify) < 1):
