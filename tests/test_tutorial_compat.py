@@ -37,3 +37,10 @@ def test_callable_requiring_subspaces_gets_the_call_subspaces():
 
     torch.testing.assert_close(_logits(out), manual_forward(MODEL, BASE, zero_pos3), atol=1e-5, rtol=1e-5)
     assert seen[0][0][0] == 3
+
+
+# -- Boundless_DAS: the loss reads intervenable.model_config.vocab_size --------------------------
+def test_model_config_is_the_wrapped_models_config():
+    pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output"}, MODEL)
+    assert pv_model.model_config is MODEL.config
+    assert pv_model.model_config.vocab_size == MODEL.transformer.wte.weight.shape[0]
