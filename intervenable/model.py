@@ -144,6 +144,12 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         """Keys of the interventions in each group, in group order."""
         return [[self._slots[i].key for i in members] for members in self._intervention_group.values()]
 
+    @property
+    def model_config(self) -> Any:
+        """The wrapped model's ``config`` (None without one), as the reference's attribute of that name;
+        tutorials read e.g. ``model_config.vocab_size`` in their losses."""
+        return getattr(self.model, "config", None)
+
     def __str__(self) -> str:
         lines = [f"IntervenableModel(mode={self.mode!r}, model={type(self.model).__name__})"]
         for slot in self._slots:

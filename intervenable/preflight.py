@@ -33,7 +33,7 @@ from .interventions.basic import (
 )
 from .sites.registry import find_architecture
 from .sites.site import Site
-from .units import Units, _check, normalise_parallel, normalise_serial, normalise_serial_base_only
+from .units import Units, _check, is_opaque_subspaces, normalise_parallel, normalise_serial, normalise_serial_base_only
 
 if TYPE_CHECKING:
     from .engine import CallPlan, Slot
@@ -221,6 +221,8 @@ def _check_subspaces(model: nn.Module, slot: "Slot", rows: Optional[List[List[in
     width = unit_width(slot.site)
     if rows is None or width is None or not isinstance(intervention, _UNIT_WIDTH_INTERVENTIONS):
         return
+    if is_opaque_subspaces(rows):
+        return  # the intervention's own kind of subspaces (e.g. a dict): not dimension indices
     if not from_registry(model, slot.site):
         return
     partition = getattr(intervention, "subspace_partition", None)

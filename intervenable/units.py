@@ -24,6 +24,8 @@ Accepted forms (the reference library's, plus a few conveniences):
 """
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -264,8 +266,23 @@ def normalise_serial_base_only(
     return out
 
 
-def normalise_subspaces(subspaces: Any, n: int, batch: int) -> List[Optional[List[List[int]]]]:
-    """``[intervention][batch][dims]`` (or an int / flat list for all) -> per intervention rows."""
+def is_opaque_subspaces(entry: Any) -> bool:
+    """True for an intervention's ``subspaces`` entry that is not dimension indices (a dict, an object):
+    it goes to the intervention as given and nothing checks or slices it."""
+    if entry is None or isinstance(entry, torch.Tensor):
+        return False
+    if isinstance(entry, (Mapping, str)):
+        return True
+    return not isinstance(entry, numbers.Integral) and not hasattr(entry, "__iter__")
+
+
+def normalise_subspaces(subspaces: Any, n: int, batch: int) -> List[Any]:
+    """``[intervention][batch][dims]`` (or an int / flat list for all) -> per intervention rows.
+
+    An intervention's entry that is not ints (e.g. ``{"idx": 10004, "mag": 100.0}``, as the reference's
+    SAE steering tutorial passes) is handed to that intervention verbatim, as the reference does: its
+    meaning is the intervention's own.
+    """
     if subspaces is None:
         return [None] * n
     if _is_int(subspaces):
@@ -282,8 +299,8 @@ def normalise_subspaces(subspaces: Any, n: int, batch: int) -> List[Optional[Lis
         raise InputError(f"subspaces list {len(subspaces)} entries for {n} interventions; give one per intervention.")
     out: List[Optional[List[List[int]]]] = []
     for i, entry in enumerate(subspaces):
-        if entry is None:
-            out.append(None)
+        if entry is None or is_opaque_subspaces(entry):
+            out.append(entry)
             continue
         if isinstance(entry, torch.Tensor):
             entry = entry.tolist()
