@@ -26,7 +26,6 @@ Target for (a): close to 2x on 2 idle cores (the machine's load average is print
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

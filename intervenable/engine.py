@@ -144,6 +144,18 @@ def _adaptor_input(slot: Slot, args: tuple, kwargs: dict, units: Units, base_uni
     return gather(first, resolve_units(positions, first, False, slot.where()), False)
 
 
+def rewrite_hook(site: Site, apply: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    """A hook (pre-hook for input sites) that replaces ``site``'s tensor by ``apply(tensor)``."""
+    if site.hook == "input":
+        def pre(module, args, kwargs):
+            return write_input(site, args, kwargs, apply(read_input(site, args, kwargs)))
+        return pre
+
+    def post(module, args, kwargs, output):
+        return replace(site, output, apply(extract(site, output)))
+    return post
+
+
 def _module_input_units(slot: Slot, args: tuple, kwargs: dict, units: Units) -> torch.Tensor:
     """The module's own input at the same units (for skip interventions)."""
     view = slot.site.to_view(read_input(slot.site, args, kwargs))

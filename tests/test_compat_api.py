@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from typing import List
 
 import pytest
 import torch

@@ -24,10 +24,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..engine import read_input, write_input
+from ..engine import rewrite_hook
 from ..errors import ConfigError
 from ..hooks import HookSet
-from ..sites.site import Site, extract, replace
+from ..sites.site import Site
 from .runner import logits_kwargs, logits_of
 
 Acts = Dict[str, torch.Tensor]  # site key -> raw activation [rows, T, ...]
@@ -60,14 +60,7 @@ def _probe_hook(key: str, site: Site, probes: Acts, seen: Acts,
         probes[key] = probe
         return x + probe if shift is None else x + shift.to(x.dtype) + probe
 
-    if site.hook == "input":
-        def pre(module, args, kwargs):
-            return write_input(site, args, kwargs, apply(read_input(site, args, kwargs)))
-        return pre
-
-    def post(module, args, kwargs, output):
-        return replace(site, output, apply(extract(site, output)))
-    return post
+    return rewrite_hook(site, apply)
 
 
 def _embedding_path(alphas: torch.Tensor, base: torch.Tensor, source: torch.Tensor) -> Callable[..., Any]:

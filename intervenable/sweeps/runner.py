@@ -11,9 +11,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from ..engine import read_input, write_input
+from ..engine import read_input, rewrite_hook
 from ..hooks import HookSet
-from ..sites.site import Site, extract, replace
+from ..sites.site import Site, extract
 from .spec import Row, Write
 
 Values = Dict[str, Dict[str, torch.Tensor]]  # source -> site key -> raw full tensor [1, T, ...]
@@ -103,14 +103,7 @@ def write_hook(site: Site, rows: torch.Tensor, pos: torch.Tensor, heads: Optiona
             view[rows, pos] = v
         return site.from_view(full, view)
 
-    if site.hook == "input":
-        def pre(module, args, kwargs):
-            return write_input(site, args, kwargs, apply(read_input(site, args, kwargs)))
-        return pre
-
-    def post(module, args, kwargs, output):
-        return replace(site, output, apply(extract(site, output)))
-    return post
+    return rewrite_hook(site, apply)
 
 
 def group_writes(rows: Sequence[Row], values: Values, sites: Dict[str, Site], offset: int = 0,
