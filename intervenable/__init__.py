@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 __version__ = "0.1.0"
 
+from .reference_paths import install as _install_reference_paths
+
+_install_reference_paths()  # pyvene.models.* deep imports under the pyvene alias (reference_paths.py)
+
 # public name -> the module that defines it (relative to this package)
 _EXPORTS: Dict[str, Tuple[str, ...]] = {
     ".config": ("IntervenableConfig", "RepresentationConfig"),
