@@ -32,8 +32,10 @@ _TABLE = {
     "models.intervenable_modelcard": "type_mappings",
     "models.mlp": "models.mlp",
     "models.mlp.modelings_mlp": "models.mlp",
+    "models.mlp.modelings_intervenable_mlp": "models.mlp",
     "models.gru": "models.gru",
     "models.gru.modelings_gru": "models.gru",
+    "models.gru.modelings_intervenable_gru": "models.gru",
 }
 # "models.gpt2", "models.gpt2.modelings_intervenable_gpt2", ...: the create_* loaders live in our models package
 _FAMILY = re.compile(r"models\.[a-z0-9_]+(\.modelings_[a-z0-9_]+)?")

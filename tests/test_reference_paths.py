@@ -32,10 +32,12 @@ def test_deep_paths_give_our_own_objects(alias):
     from pyvene.models.gpt2.modelings_intervenable_gpt2 import create_gpt2
     from pyvene.models.intervenable_base import IntervenableModel
     from pyvene.models.layers import LowRankRotateLayer
+    from pyvene.models.mlp.modelings_intervenable_mlp import create_mlp_classifier
     from pyvene.models.mlp.modelings_mlp import MLPConfig
 
     assert embed_to_distrib is pv.embed_to_distrib and top_vals is pv.top_vals
     assert RepresentationConfig is pv.RepresentationConfig and IntervenableModel is pv.IntervenableModel
+    assert create_mlp_classifier is pv.create_mlp_classifier
     assert MLPConfig is pv.MLPConfig and create_gpt2 is pv.create_gpt2 and create_gpt_neox is pv.create_gpt_neox
     from intervenable.interventions.rotations import LowRankRotateLayer as ours
     assert LowRankRotateLayer is ours
