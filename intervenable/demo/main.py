@@ -57,13 +57,13 @@ def _attribution(model, tok, fact: dict, facts: list, out: str) -> None:
     print(f"\nActivation patching: run {other['prompt']!r}, copy one block output at a time from the fact's prompt; "
           f"score: logit({fact['target']}) - logit({other['target']}).")
     exact = patching_sweep(model, other["prompt"], fact["prompt"], progress=False, **kw)
-    atp = attribution_patching(model, other["prompt"], fact["prompt"], verify=5, **kw)
-    ig = attribution_patching(model, other["prompt"], fact["prompt"], method="ig", **kw)
+    atp = attribution_patching(model, other["prompt"], fact["prompt"], **kw)
+    ig = attribution_patching(model, other["prompt"], fact["prompt"], method="ig", verify=5, **kw)
     print(f"  exact: {exact.info['forwards']} batched forwards, {exact.info['seconds']:.3f} s")
     for r, cost in ((atp, "2 forwards + 1 backward"), (ig, f"{ig.info['steps']}-point path, {ig.info['backwards']} backward")):
         print(f"  {r.info['method']}: {cost}, {r.info['seconds']:.3f} s; rank correlation with exact "
               f"{spearman(r.values, exact.values):.2f}")
-    print("\n".join(atp.summary().splitlines()[-6:]))
+    print("\n".join(ig.summary().splitlines()[-6:]))
     both = SweepResult(values=torch.cat([exact.values, atp.values, ig.values]), components=["exact", "atp", "ig"],
                        layers=exact.layers, positions=exact.positions, tokens=exact.tokens, metric=exact.metric,
                        target=exact.target, kind="block_output patching")
