@@ -69,14 +69,18 @@ class CallPlan:
     """What one intervened call was asked to do, built once before any forward.
 
     ``sources`` has one entry per group (``None``: no source for that group);
-    ``provided`` are ``source_representations`` by key; ``subspaces`` has one
-    entry per intervention; ``generation`` is set for ``generate`` calls.
+    ``locations`` are ``unit_locations`` normalised once for the model's mode
+    (parallel, or serial without sources: one ``Locations`` per intervention;
+    serial: ``{group: [Locations per member]}``); ``provided`` are
+    ``source_representations`` by key; ``subspaces`` has one entry per
+    intervention; ``generation`` is set for ``generate`` calls.
     """
 
     base: Any
     batch: int
     sources: List[Any]
     unit_locations: Any
+    locations: Any
     provided: Dict[str, torch.Tensor]
     subspaces: List[Any]
     extra: Optional[Dict[str, Any]] = None

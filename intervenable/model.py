@@ -13,7 +13,7 @@ from .config import IntervenableConfig, RepresentationConfig, as_config
 from .engine import CallPlan, CallState, Slot, getter, setter
 from .errors import ConfigError, InputError, warn_user
 from .hooks import HookSet
-from .inputs import batch_size, call_model, check_batched, repeat_rows
+from .inputs import batch_size, call_model, repeat_rows
 from .interventions.base import Capabilities
 from .io import SerializationMixin
 from .model_params import ParameterMixin
@@ -244,19 +244,33 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         extra: Optional[Dict[str, Any]],
         generation: Optional["GenerationPlan"] = None,
     ) -> CallPlan:
-        """Normalise one call's arguments into a ``CallPlan``."""
-        check_batched(base, self.model, "the base")  # before its first dimension is read as the batch
-        batch = batch_size(base)
+        """Normalise one call's arguments into a ``CallPlan`` (batches checked before they are read)."""
+        per_group = self._sources_per_group(sources)
+        batch = check_batches(self.model, base, per_group)
         return CallPlan(
             base=base,
             batch=batch,
-            sources=self._sources_per_group(sources),
+            sources=per_group,
             unit_locations=unit_locations,
+            locations=self._locations(unit_locations, per_group, batch),
             provided=self._source_representations(source_representations),
             subspaces=normalise_subspaces(subspaces, len(self._slots), batch),
             extra=extra,
             generation=generation,
         )
+
+    def _locations(self, unit_locations: Any, per_group: List[Any], batch: int) -> Any:
+        """``unit_locations`` in the canonical form the mode reads (see ``CallPlan.locations``)."""
+        units = [s.unit for s in self._slots]
+        groups = list(self._intervention_group.values())
+        has_sources = any(s is not None for s in per_group)
+        if self.mode == "parallel":
+            return normalise_parallel(unit_locations, units, batch, has_sources)
+        if not has_sources:
+            # No source runs to chain: every group acts on the base run, at its base locations
+            # ({"base": ...} or the base side of the serial keys). The reference skips them all.
+            return normalise_serial_base_only(unit_locations, groups, units, batch)
+        return normalise_serial(unit_locations, groups, units, batch)
 
     def _install(self, hooks: HookSet, state: CallState, plan: CallPlan) -> None:
         """Run the sources (getters) and register the setters of one intervened call on ``hooks``."""
@@ -345,8 +359,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
 
     def _parallel(self, hooks: HookSet, state: CallState, plan: CallPlan) -> None:
         per_group, provided = plan.sources, plan.provided
-        has_sources = any(s is not None for s in per_group)
-        locations: List[Locations] = normalise_parallel(plan.unit_locations, [s.unit for s in self._slots], plan.batch, has_sources)
+        locations: List[Locations] = plan.locations
         # One source forward per distinct source input; getters of every group that reads it.
         runs: "OrderedDict[int, Tuple[Any, List[int]]]" = OrderedDict()
         for g, members in enumerate(self._intervention_group.values()):
@@ -395,13 +408,10 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
     def _serial(self, hooks: HookSet, state: CallState, plan: CallPlan) -> None:
         per_group, provided = plan.sources, plan.provided
         groups = list(self._intervention_group.values())
-        if all(s is None for s in per_group):
-            # No source runs to chain: every group acts on the base run, at its base locations
-            # ({"base": ...} or the base side of the serial keys). The reference skips them all.
-            units = [s.unit for s in self._slots]
-            self._install_setters(hooks, state, plan, normalise_serial_base_only(plan.unit_locations, groups, units, plan.batch))
+        if all(s is None for s in per_group):  # base-only locations (see _locations)
+            self._install_setters(hooks, state, plan, plan.locations)
             return
-        locations = normalise_serial(plan.unit_locations, groups, [s.unit for s in self._slots], plan.batch)
+        locations = plan.locations
         active = HookSet()  # setters of the latest group, active during the next source run
         try:
             for g, members in enumerate(groups):

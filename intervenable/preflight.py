@@ -33,7 +33,7 @@ from .interventions.basic import (
 )
 from .sites.registry import find_architecture
 from .sites.site import Site
-from .units import Units, _check, is_opaque_subspaces, normalise_parallel, normalise_serial, normalise_serial_base_only
+from .units import Units, _check, is_opaque_subspaces
 
 if TYPE_CHECKING:
     from .engine import CallPlan, Slot
@@ -244,11 +244,9 @@ def check_call(pv_model: "IntervenableModel", plan: "CallPlan") -> None:
     """Everything about one forward call that can be checked before the model runs."""
     model = pv_model.model
     slots = pv_model._slots
-    per_group = plan.sources
-    check_batches(model, plan.base, per_group)
+    per_group = plan.sources  # batches were checked when the plan was built (check_batches)
     for slot, rows in zip(slots, plan.subspaces):
         _check_subspaces(model, slot, rows)
-    units = [s.unit for s in slots]
     lengths = {id(x): sequence_length(x) for x in [plan.base, *per_group] if x is not None}
 
     def length(inputs: Any, slot: "Slot") -> Optional[int]:
@@ -257,13 +255,9 @@ def check_call(pv_model: "IntervenableModel", plan: "CallPlan") -> None:
     groups = list(pv_model._intervention_group.values())
     has_sources = any(s is not None for s in per_group)
     if pv_model.mode == "parallel" or not has_sources:  # serial without sources: every group acts on the base
-        if pv_model.mode == "parallel":
-            locations = normalise_parallel(plan.unit_locations, units, plan.batch, has_sources)
-        else:
-            locations = normalise_serial_base_only(plan.unit_locations, groups, units, plan.batch)
         for g, members in enumerate(groups):
             for i in members:
-                slot, loc = slots[i], locations[i]
+                slot, loc = slots[i], plan.locations[i]
                 _check_units(slot, loc.base, length(plan.base, slot))
                 if per_group[g] is not None and slot.reads_source and slot.key not in plan.provided:
                     _check_units(slot, loc.source if loc.source is not None else loc.base, length(per_group[g], slot))
@@ -271,7 +265,7 @@ def check_call(pv_model: "IntervenableModel", plan: "CallPlan") -> None:
     # serial: a group's base side is whichever run comes next; bound positions by the longest input
     known = list(lengths.values())
     longest = max(known) if known and None not in known else None
-    serial = normalise_serial(plan.unit_locations, groups, units, plan.batch)
+    serial = plan.locations
     for g, members in enumerate(groups):
         for j, i in enumerate(members):
             bound = longest if _positions_follow_input(model, slots[i]) else None
