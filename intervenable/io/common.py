@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -55,9 +55,10 @@ def jsonable(value: Any, where: str) -> Any:
     )
 
 
-def is_jsonable(value: Any) -> bool:
+def is_jsonable(value: Any, convert: Callable[[Any, str], Any] = jsonable) -> bool:
+    """True when ``convert`` (by default ``jsonable``) turns ``value`` into JSON data."""
     try:
-        jsonable(value, "")
+        convert(value, "")
     except SerializationError:
         return False
     return True

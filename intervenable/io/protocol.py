@@ -45,13 +45,6 @@ def decode_value(value: Any, where: str) -> Any:
     return value
 
 
-def _encodable(value: Any) -> bool:
-    try:
-        encode_value(value, "")
-    except SerializationError:
-        return False
-    return True
-
 # -- the data-only protocol ------------------------------------------------------------
 def init_kwargs_of(module: nn.Module, where: str, built_from: str) -> Dict[str, Any]:
     """Constructor kwargs beyond the representation.
@@ -71,7 +64,7 @@ def init_kwargs_of(module: nn.Module, where: str, built_from: str) -> Dict[str, 
         kwargs = getattr(module, "init_kwargs", None)
     if not isinstance(kwargs, dict):
         return {}
-    return {k: encode_value(v, k) for k, v in kwargs.items() if isinstance(k, str) and _encodable(v)}
+    return {k: encode_value(v, k) for k, v in kwargs.items() if isinstance(k, str) and is_jsonable(v, encode_value)}
 
 
 def init_tensors_of(module: nn.Module) -> List[str]:
