@@ -9,13 +9,12 @@ them is touched. ``pv.X`` and ``from intervenable import X`` work as usual.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
+
+from .lazy import lazy_exports
+from .reference_paths import install as _install_reference_paths
 
 __version__ = "0.1.0"
-
-from .reference_paths import install as _install_reference_paths
 
 _install_reference_paths()  # pyvene.models.* deep imports under the pyvene alias (reference_paths.py)
 
@@ -64,20 +63,7 @@ _WHERE: Dict[str, str] = {name: module for module, names in _EXPORTS.items() for
 __all__: List[str] = sorted(_WHERE) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module defining ``name`` on first access, then cache the value here."""
-    module = _WHERE.get(name)
-    if module is None:
-        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-            return importlib.import_module(f"{__name__}.{name}")  # a submodule, e.g. pv.sweeps
-        raise AttributeError(f"module 'intervenable' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly

@@ -6,8 +6,9 @@ must not pull them in.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any, Dict, List
+from typing import Dict, List
+
+from ..lazy import lazy_exports
 
 _WHERE: Dict[str, str] = {
     **dict.fromkeys(("GRUCell", "GRUConfig", "GRUForClassification", "GRULMHeadModel", "GRUModel",
@@ -21,17 +22,5 @@ _WHERE: Dict[str, str] = {
 __all__: List[str] = list(_WHERE)
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module defining ``name`` on first access."""
-    module = _WHERE.get(name)
-    if module is None:
-        if name == "constants":  # pv.models.constants.CONST_OUTPUT_HOOK, as in the reference
-            return importlib.import_module(f"{__name__}.constants")
-        raise AttributeError(f"module 'intervenable.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(__all__))
+# pv.models.constants (CONST_OUTPUT_HOOK, as in the reference) is found as a submodule
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
