@@ -68,6 +68,7 @@ def _worker(rank, world, init_file, out_dir):
                        os.path.join(out_dir, "rank0.pt"))
         else:
             assert squares is None
+        dist.barrier()  # both ranks done before the group is torn down: gloo aborts a rank whose peer left
     finally:
         dist.destroy_process_group()
 
@@ -134,6 +135,7 @@ def _sweep_worker(rank, world, init_file, out_dir):
                         "one_position": one_position.values}, os.path.join(out_dir, "sweep.pt"))
         else:
             assert result is None and fast is None
+        dist.barrier()  # both ranks done before the group is torn down: gloo aborts a rank whose peer left
     finally:
         dist.destroy_process_group()
 
