@@ -81,6 +81,7 @@ def _worker(rank: int, world: int, threads: int, init_file: str, model_dir: str,
         if rank == 0:
             torch.save({"times": times, "values": result.values, "layers": result.layers,
                         "path": result.info.get("path"), "per_rank": result.info.get("row_seconds_per_rank")}, out_file)
+        dist.barrier()  # both ranks done before the group is torn down (gloo aborts a rank whose peer left)
     finally:
         dist.destroy_process_group()
 
