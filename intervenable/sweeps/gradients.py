@@ -72,6 +72,29 @@ def _embedding_path(alphas: torch.Tensor, base: torch.Tensor, source: torch.Tens
     return post
 
 
+def _probed_forward(model: nn.Module, ids: torch.Tensor, rows: int, sites: Dict[str, Site],
+                    metric: Callable[[torch.Tensor], torch.Tensor], shifts: Acts,
+                    embeddings: Optional[Callable[..., Any]] = None) -> Tuple[torch.Tensor, Acts, Acts]:
+    """One forward of ``rows`` copies of ``ids`` with a probe (plus its shift, if any) on every site.
+
+    Returns (metric per row, probe per site, activation per site); ``embeddings``: a hook on the
+    input embeddings (the eap-ig path).
+    """
+    probes: Acts = {}
+    seen: Acts = {}
+    with HookSet() as hooks:
+        if embeddings is not None:
+            hooks.add(model.get_input_embeddings(), "output", embeddings)
+        for key, site in sites.items():
+            hooks.add(site.module, site.hook, _probe_hook(key, site, probes, seen, shifts.get(key)))
+        out = model(input_ids=ids.expand(rows, -1), **logits_kwargs(model))
+    scores = metric(logits_of(out)[:, -1])
+    missing = [k for k in sites if k not in probes]
+    if missing:
+        raise ConfigError(f"The sites {missing} were never reached by the forward pass: check the components.")
+    return scores, probes, seen
+
+
 def site_gradients(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site],
                    metric: Callable[[torch.Tensor], torch.Tensor],
                    path: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, Acts, Acts]:
@@ -81,19 +104,9 @@ def site_gradients(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site],
     (alphas, base token embeddings, source token embeddings) for integrated gradients.
     Call inside ``activations_only(model)``.
     """
-    probes: Acts = {}
-    seen: Acts = {}
     rows = 1 if path is None else int(path[0].numel())
-    with HookSet() as hooks:
-        if path is not None:
-            hooks.add(model.get_input_embeddings(), "output", _embedding_path(*path))
-        for key, site in sites.items():
-            hooks.add(site.module, site.hook, _probe_hook(key, site, probes, seen))
-        out = model(input_ids=ids.expand(rows, -1), **logits_kwargs(model))
-    scores = metric(logits_of(out)[:, -1])
-    missing = [k for k in sites if k not in probes]
-    if missing:
-        raise ConfigError(f"The sites {missing} were never reached by the forward pass: check the components.")
+    embeddings = None if path is None else _embedding_path(*path)
+    scores, probes, seen = _probed_forward(model, ids, rows, sites, metric, {}, embeddings)
     keys = list(sites)
     grads = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
     out_grads = {k: (g.detach().sum(0, keepdim=True) if g is not None else torch.zeros_like(probes[k][:1]))
@@ -140,16 +153,7 @@ def site_path_gradients(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Si
             view = _positions_view(site, coef.to(delta), delta.dim()) * delta
             raw = deltas[key].new_zeros((R,) + tuple(deltas[key].shape[1:]))
             shifts[key] = site.from_view(raw, view)
-    probes: Acts = {}
-    seen: Acts = {}
-    with HookSet() as hooks:
-        for key, site in sites.items():
-            hooks.add(site.module, site.hook, _probe_hook(key, site, probes, seen, shifts.get(key)))
-        out = model(input_ids=ids.expand(R, -1), **logits_kwargs(model))
-    scores = metric(logits_of(out)[:, -1])
-    missing = [k for k in sites if k not in probes]
-    if missing:
-        raise ConfigError(f"The sites {missing} were never reached by the forward pass: check the components.")
+    scores, probes, _ = _probed_forward(model, ids, R, sites, metric, shifts)
     keys = [k for k in sites if k in shifts]
     grads = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
     out_grads: Acts = {}
