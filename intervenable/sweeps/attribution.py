@@ -17,7 +17,7 @@ with exact patching.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -139,20 +139,16 @@ def _site_path(model: nn.Module, ids: torch.Tensor, source_ids: torch.Tensor, pl
     rows = [(key, group, alpha) for key in keys for group in groups for alpha in alphas]
     deltas = {key: _swept_delta(plan.sites[key], base[key], source[key], heads) for key in keys}
     if batch_size is None:
-        # A backward keeps every layer's activations: the sweeps' per-forward estimate, times the layers.
-        budget = budget_bytes(model, memory_budget) // (2 * max(1, _n_layers_or_one(model)))
-        batch_size = auto_batch_size(model, T, len(rows), max(1, budget))
-    total: Dict[str, torch.Tensor] = {}
-    calls = 0
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        batch_size = _backward_batch_size(model, memory_budget, T, len(rows))
+
+    def coefs_of(chunk: List[Any]) -> Dict[str, torch.Tensor]:
         coefs = {key: torch.zeros(len(chunk), T, device=ids.device) for key in keys}
         for r, (key, group, alpha) in enumerate(chunk):
             coefs[key][r, group] = alpha
-        grads = site_path_gradients(model, ids, plan.sites, fn, deltas, coefs)
-        for key, g in grads.items():
-            total[key] = g if key not in total else total[key] + g
-        calls += 1
+        return coefs
+
+    total, calls = _summed(site_path_gradients(model, ids, plan.sites, fn, deltas, coefs_of(rows[i:i + batch_size]))
+                           for i in range(0, len(rows), batch_size))
     return {k: v / steps for k, v in total.items()}, int(min(batch_size, len(rows))), calls
 
 
@@ -179,19 +175,29 @@ def _path_gradients(model: nn.Module, ids: torch.Tensor, source_ids: torch.Tenso
         e_base, e_source = emb(ids), emb(source_ids)
     T = ids.shape[1]
     if batch_size is None:
-        # A backward keeps every layer's activations: the sweeps' per-forward estimate, times the layers.
-        budget = budget_bytes(model, memory_budget) // (2 * max(1, _n_layers_or_one(model)))
-        batch_size = auto_batch_size(model, T, steps, max(1, budget))
-    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+        batch_size = _backward_batch_size(model, memory_budget, T, steps)
+    alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).to(ids.device)
+    total, calls = _summed(site_gradients(model, ids, plan.sites, fn, (alphas[i:i + batch_size], e_base, e_source))[2]
+                           for i in range(0, steps, batch_size))
+    return {k: v / steps for k, v in total.items()}, int(min(batch_size, steps)), calls
+
+
+def _backward_batch_size(model: nn.Module, memory_budget: Optional[int], tokens: int, rows: int) -> int:
+    """Rows per forward + backward: a backward keeps every layer's activations, so the sweeps'
+    per-forward estimate is divided by the layers."""
+    budget = budget_bytes(model, memory_budget) // (2 * max(1, _n_layers_or_one(model)))
+    return auto_batch_size(model, tokens, rows, max(1, budget))
+
+
+def _summed(chunks: Iterable[Dict[str, torch.Tensor]]) -> Tuple[Dict[str, torch.Tensor], int]:
+    """Per site, the gradients of every chunk added up; and the number of chunks (forwards)."""
     total: Dict[str, torch.Tensor] = {}
     calls = 0
-    for start in range(0, steps, batch_size):
-        chunk = alphas[start:start + batch_size].to(ids.device)
-        _, _, grads = site_gradients(model, ids, plan.sites, fn, (chunk, e_base, e_source))
+    for grads in chunks:
         for key, g in grads.items():
             total[key] = g if key not in total else total[key] + g
         calls += 1
-    return {k: v / steps for k, v in total.items()}, int(min(batch_size, steps)), calls
+    return total, calls
 
 
 def _n_layers_or_one(model: nn.Module) -> int:
