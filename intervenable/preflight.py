@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, TypeV
 import torch
 from torch import nn
 
-from .errors import ConfigError, InputError, IntervenableError, SubspaceError, closest
+from .errors import ConfigError, InputError, IntervenableError, SubspaceError
 from .inputs import batch_size, check_batched, is_transformers_model
 from .interventions.base import Intervention, registered_interventions
+from .interventions.registry import closest_type
 from .interventions.basic import (
     AdditionIntervention,
     CollectIntervention,
@@ -89,7 +90,7 @@ def intervention_class_named(name: str) -> type:
     registered = registered_interventions()
     if name in registered:
         return registered[name]
-    hint = closest(name, registered, normalise=lambda n: n.lower().removesuffix("intervention"))
+    hint = closest_type(name)
     raise ConfigError(
         f"Unknown intervention type {name!r}.{hint} Give a class (e.g. pv.VanillaIntervention), an instance, "
         f"a callable f(base, source), or one of the registered names: {', '.join(sorted(registered))}."

@@ -98,6 +98,12 @@ def loaded_class(name: str) -> Optional[Type[nn.Module]]:
     return matches[0]
 
 
+def closest_type(name: str) -> str:
+    """'Did you mean' over the registered names, ignoring case and the 'Intervention' suffix
+    (``"vanilla"`` finds ``"VanillaIntervention"``)."""
+    return closest(name, _REGISTRY, normalise=lambda n: n.lower().removesuffix("intervention"))
+
+
 def get_intervention_class(name: str) -> Type[nn.Module]:
     """The class registered under ``name``, or the loaded class with that module-qualified name."""
     if name in _REGISTRY:
@@ -113,7 +119,7 @@ def get_intervention_class(name: str) -> Type[nn.Module]:
             f"imported are found; nothing is imported from a saved file). Import it first (e.g. `import {package}` "
             f"or `import {module}`) and load again, or register it: pv.register_intervention({name!r}, cls)."
         )
-    hint = closest(name, _REGISTRY)
+    hint = closest_type(name)
     raise ConfigError(
         f"No intervention type named {name!r} is registered.{hint} If it is your own class, "
         f"register it before loading: pv.register_intervention({name!r}, {name})."

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..basic_utils import sigmoid_boundary  # the reference's soft boundary (Boundless DAS)
 from ..errors import ConfigError, ShapeError
 from .base import (
     BasisAgnosticIntervention,
@@ -31,11 +32,6 @@ from .base import (
     register_intervention,
     subspace_mask,
 )
-
-
-def sigmoid_boundary(population: torch.Tensor, low: Any, high: Any, temperature: Any) -> torch.Tensor:
-    """Soft indicator of ``low <= population <= high``; sharper as ``temperature`` falls."""
-    return torch.sigmoid((population - low) / temperature) * torch.sigmoid((high - population) / temperature)
 
 
 def require_embed_dim(intervention: nn.Module, kwargs: dict) -> int:
