@@ -111,6 +111,8 @@ def trace_inputs():
 
 def _sweep_worker(rank, world, init_file, out_dir):
     import sys
+    import faulthandler
+    faulthandler.enable(all_threads=True)  # a rank that aborts (seen rarely under load) prints where it was
 
     sys.path.insert(0, os.path.dirname(__file__))
     torch.set_num_threads(1)
