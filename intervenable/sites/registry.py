@@ -45,6 +45,24 @@ Before a fast sweep runs, the description is checked against the model's own
 forward (logits of the corrupted run's last two positions recomputed through
 the description over the cached prefix); on a mismatch the sweep warns and
 uses the general path. A family without a description uses the general path (said once).
+
+A stack description may also say how the layers write the residual stream (``LayerStack.residual``, a
+``Residual``), read through ``sites/residual.py`` by the cache toolkit (logit lens, residual
+decomposition, direct logit attribution) and by circuits (edges between the stream's writers and
+readers). With ``x`` the input of layer ``l`` (its ``block_input``), ``A`` what the attention adds
+and ``M`` what the MLP adds to the stream:
+
+* sequential (``parallel(config)`` false): ``mid = x + A``, ``out = mid + M``, with the attention
+  reading ``x`` and the MLP reading ``mid``;
+* parallel (GPT-J, Phi, GPT-NeoX with ``use_parallel_residual``): ``out = x + A + M``, both reading
+  ``x``.
+
+``A`` and ``M`` are the family's ``attention_output`` / ``mlp_output`` unless ``Residual.attention`` /
+``Residual.mlp`` give other components (Gemma2 and OLMo2 norm the sublayers' outputs before adding
+them). ``attention_norm`` / ``mlp_norm`` name the norm between the stream and each sublayer (empty:
+the sublayer reads the stream itself, as OLMo2's do). The attention output projection is the module of
+the family's ``head_attention_value_output`` (its input: the heads' value mixes, concatenated).
+``unsupported(config)`` gives the reason when a variant does not decompose (post-norm OPT).
 """
 from __future__ import annotations
 
@@ -85,6 +103,22 @@ class Component:
     hint: str = ""
 
 
+def _never(config: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Residual:
+    """How a family's layers write the residual stream (see the module docstring)."""
+
+    attention: Optional[Component] = None  # what the attention adds; None: the table's attention_output
+    mlp: Optional[Component] = None  # what the MLP adds; None: the table's mlp_output
+    attention_norm: str = ""  # path template of the norm between the stream and the attention ("": none)
+    mlp_norm: str = ""  # path template of the norm between the stream and the MLP ("": none)
+    parallel: Callable[[Any], bool] = _never
+    unsupported: Optional[Callable[[Any], str]] = None
+
+
 @dataclass(frozen=True)
 class LayerStack:
     """How the fast sweep path runs a family's layers ``l..L`` on cached states (see the module docstring)."""
@@ -98,6 +132,7 @@ class LayerStack:
     bidirectional: bool = False
     cache_arg: str = ""
     unsupported: Optional[Callable[[Any], str]] = None
+    residual: Optional[Residual] = None
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
+from ..errors import ComponentError
 from ..sites.paths import get_module
 from ..sites.registry import Architecture, LayerStack, find_architecture
+from ..sites.residual import Readout, readout
 from ..sites.resolve import base_prefix, resolve_component
 
 _CACHE_ARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -55,12 +57,10 @@ class Stack:
     """The layers (``block_output`` modules), what runs after them, and how each layer is called."""
 
     layers: List[nn.Module]
-    final: List[nn.Module]
-    head: List[nn.Module]
+    readout: Readout
     rotary: Optional[nn.Module]
     windows: List[Optional[int]]
     bidirectional: bool
-    softcap: Optional[float]
     cache_arg: str
     params: List[Set[str]]  # names each layer's forward takes
     fixed: Dict[str, Any] = field(default_factory=dict)
@@ -92,12 +92,7 @@ class Stack:
 
     def logits(self, last: torch.Tensor) -> torch.Tensor:
         """Final modules, head and soft-capping on hidden states ``[rows, width]`` -> ``[rows, vocab]``."""
-        h = last
-        for module in self.final + self.head:
-            h = module(h)
-        if self.softcap:
-            h = torch.tanh(h / self.softcap) * self.softcap
-        return h
+        return self.readout.logits(last)
 
 
 def _mask(q: torch.Tensor, end: int, window: Optional[int], like: torch.Tensor) -> torch.Tensor:
@@ -153,13 +148,10 @@ def build_stack(model: nn.Module) -> Tuple[Optional[Stack], str]:
         return None, f"the layers could not be resolved ({exc})"
     prefix = base_prefix(model, arch).rstrip(".")
     base = get_module(model, prefix) if prefix else model
-    final = [m for m in (get_module(base, p) for p in desc.final) if isinstance(m, nn.Module)]
-    head = [m for m in (get_module(model, p) for p in desc.head) if isinstance(m, nn.Module)]
-    if not head:
-        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if not isinstance(out, nn.Module):
-            return None, "the model has no output head (a language-model class is needed)"
-        head = [out]
+    try:
+        read = readout(model)
+    except ComponentError:
+        return None, "the model has no output head (a language-model class is needed)"
     rotary = None
     if desc.rotary:
         rotary = get_module(base, desc.rotary)
@@ -170,6 +162,5 @@ def build_stack(model: nn.Module) -> Tuple[Optional[Stack], str]:
     if not desc.bidirectional and not cache_arg:
         return None, "the layers take no key/value cache argument"
     windows = [desc.window(config, j) if desc.window is not None else None for j in range(n)]
-    softcap = desc.logit_softcap(config) if desc.logit_softcap is not None else None
     fixed = desc.layer_kwargs(config) if desc.layer_kwargs is not None else {}
-    return Stack(layers, final, head, rotary, windows, desc.bidirectional, softcap, cache_arg, params, fixed), ""
+    return Stack(layers, read, rotary, windows, desc.bidirectional, cache_arg, params, fixed), ""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ..registry import Architecture, Component, ConfigFn, LayerStack, attr, inp, out, register_architecture
+from dataclasses import replace
+
+from ..registry import Architecture, Component, ConfigFn, LayerStack, Residual, attr, inp, out, register_architecture
 from ._common import attention_components, block_components, config_value, hidden_size, on, sliding_window
 
 intermediate = attr("intermediate_size")
@@ -39,7 +41,20 @@ def llama_components(root: str = "layers.{layer}", cfg: Optional[ConfigFn] = Non
 #: alternating layers), Gemma2's final logit soft-capping (``final_logit_softcapping``; None for the
 #: others). Gemma scales its embeddings before layer 0, which the cached inputs include.
 LLAMA_STACK = LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window,
-                         logit_softcap=config_value("final_logit_softcapping"))
+                         logit_softcap=config_value("final_logit_softcapping"),
+                         residual=Residual(attention_norm="layers.{layer}.input_layernorm",
+                                           mlp_norm="layers.{layer}.post_attention_layernorm"))
+#: Gemma2 norms each sublayer's output before adding it (post_attention_layernorm,
+#: post_feedforward_layernorm) and reads the MLP's input through pre_feedforward_layernorm.
+GEMMA2_STACK = replace(LLAMA_STACK, residual=Residual(
+    attention=out("layers.{layer}.post_attention_layernorm", hidden_size),
+    mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size),
+    attention_norm="layers.{layer}.input_layernorm", mlp_norm="layers.{layer}.pre_feedforward_layernorm"))
+#: OLMo2 reads the stream itself and norms each sublayer's output before adding it.
+OLMO2_STACK = replace(LLAMA_STACK, residual=Residual(
+    attention=out("layers.{layer}.post_attention_layernorm", hidden_size),
+    mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size)))
+_STACKS = {"gemma2": GEMMA2_STACK, "olmo2": OLMO2_STACK}
 
 _FAMILIES = {
     "llama": ("LLaMA", ("llama",)),
@@ -60,6 +75,6 @@ for _name, (_desc, _types) in _FAMILIES.items():
             num_layers=num_layers,
             components=llama_components(),
             description=_desc,
-            stack=LLAMA_STACK,
+            stack=_STACKS.get(_name, LLAMA_STACK),
         )
     )

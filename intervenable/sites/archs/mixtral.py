@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dataclasses import replace
+
 from ..registry import Architecture, attr, inp, out, register_architecture
 from ._common import hidden_size
 from .llama import LLAMA_STACK, llama_components, num_layers
@@ -100,6 +102,8 @@ MIXTRAL = register_architecture(
         num_layers=num_layers,
         components=_components,
         description="Mixtral: LLaMA attention + sparse MoE; expert components need split_experts(model) and moe_key.",
-        stack=LLAMA_STACK,  # routing is per token, inside the layer: nothing more to describe
+        # Routing is per token, inside the layer: nothing more to describe for the fast path; the whole
+        # sparse-MoE block is what the MLP adds to the residual stream.
+        stack=replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, mlp=out("layers.{layer}.mlp", hidden_size))),
     )
 )

@@ -1,7 +1,7 @@
 """Phi (``self_attn.dense`` output projection, ``mlp.fc1/fc2``) and Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``)."""
 from __future__ import annotations
 
-from ..registry import Architecture, LayerStack, attr, inp, out, register_architecture
+from ..registry import Architecture, LayerStack, Residual, attr, inp, out, register_architecture
 from ._common import attention_components, block_components, fused_qkv_components, hidden_size, sliding_window
 
 _L = "layers.{layer}"
@@ -25,7 +25,10 @@ PHI = register_architecture(
         num_layers=attr("num_hidden_layers"),
         components=_phi,
         description="Phi: parallel attention and MLP; output projection is self_attn.dense.",
-        stack=LayerStack(final=("final_layernorm",), rotary="rotary_emb"),
+        # Attention and MLP both read input_layernorm of the block input.
+        stack=LayerStack(final=("final_layernorm",), rotary="rotary_emb",
+                         residual=Residual(attention_norm=_L + ".input_layernorm", mlp_norm=_L + ".input_layernorm",
+                                           parallel=lambda c: True)),
     )
 )
 
@@ -47,6 +50,7 @@ PHI3 = register_architecture(
         num_layers=attr("num_hidden_layers"),
         components=_phi3,
         description="Phi-3: fused qkv_proj [q | k | v] with grouped-query attention, split by slices.",
-        stack=LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window),
+        stack=LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window,
+                         residual=Residual(attention_norm=_L + ".input_layernorm", mlp_norm=_L + ".post_attention_layernorm")),
     )
 )

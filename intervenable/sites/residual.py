@@ -1,0 +1,150 @@
+"""A model's residual stream and read-out, resolved from its family's description.
+
+The descriptions live in the family files (``LayerStack.final`` / ``head`` / ``logit_softcap`` and
+``LayerStack.residual``; the contract is in ``sites/registry.py``). This module is their one reader:
+it turns them into modules and ``Site``s for the sweeps' fast path (the read-out), the cache toolkit
+(logit lens, residual decomposition, direct logit attribution) and circuits (the stream's writers
+and readers). Nothing here knows a family by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import ComponentError
+from .paths import get_module
+from .registry import Architecture, LayerStack, find_architecture
+from .resolve import _abstract_site, base_prefix, resolve_component
+from .site import Site
+
+
+@dataclass(frozen=True)
+class Readout:
+    """What turns the last residual state into logits: the final modules (norm, OPT's ``project_out``),
+    the output head, and Gemma2's soft-capping."""
+
+    final: Tuple[nn.Module, ...]
+    head: Tuple[nn.Module, ...]
+    softcap: Optional[float] = None
+
+    def normed(self, resid: torch.Tensor) -> torch.Tensor:
+        """``resid`` through the final modules (the final norm), ``[..., width]``."""
+        for module in self.final:
+            resid = module(resid)
+        return resid
+
+    def unembed(self, normed: torch.Tensor) -> torch.Tensor:
+        """Normed states through the head and the soft-capping -> ``[..., vocab]``."""
+        h = normed
+        for module in self.head:
+            h = module(h)
+        if self.softcap:
+            h = torch.tanh(h / self.softcap) * self.softcap
+        return h
+
+    def logits(self, resid: torch.Tensor) -> torch.Tensor:
+        return self.unembed(self.normed(resid))
+
+
+@dataclass(frozen=True)
+class LayerResidual:
+    """One layer's place in the stream: what it reads, what its sublayers add, where its heads mix."""
+
+    layer: int
+    stream: Site  # block_input: the stream entering the layer
+    output: Site  # block_output: the stream leaving it
+    attention: Site  # what the attention adds to the stream
+    mlp: Site  # what the MLP adds to the stream
+    heads: Site  # head_attention_value_output: the output projection's input, split per head
+    out_proj: nn.Module  # the attention output projection (heads' value mixes -> width)
+    attention_norm: Optional[nn.Module]  # the norm between the stream and the attention (None: none)
+    mlp_norm: Optional[nn.Module]  # the norm between the stream and the MLP (None: none)
+
+
+@dataclass(frozen=True)
+class ResidualStream:
+    """Every layer's ``LayerResidual``, whether attention and MLP read the same input, and the read-out."""
+
+    family: str
+    layers: Tuple[LayerResidual, ...]
+    parallel: bool
+    readout: Readout
+
+
+def _describe(model: nn.Module) -> Tuple[Architecture, LayerStack]:
+    arch = find_architecture(model)
+    if arch is None or getattr(model, "config", None) is None:
+        name = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+        raise ComponentError(
+            f"{name!r} has no entry in the architecture registry, so its final norm and unembedding are unknown. "
+            "Register its family (docs/architecture.md, 'Adding a model family') with a LayerStack description."
+        )
+    if arch.stack is None:
+        raise ComponentError(
+            f"The {arch.name!r} family has no stack description (final norm, unembedding). Add "
+            f"stack=LayerStack(...) to its file under intervenable/sites/archs/."
+        )
+    return arch, arch.stack
+
+
+def readout(model: nn.Module) -> Readout:
+    """The model's read-out from its family's ``LayerStack`` (``ComponentError`` when it has none or no head)."""
+    arch, desc = _describe(model)
+    prefix = base_prefix(model, arch).rstrip(".")
+    base = get_module(model, prefix) if prefix else model
+    final = tuple(m for m in (get_module(base, p) for p in desc.final) if isinstance(m, nn.Module))
+    head: Tuple[nn.Module, ...] = tuple(m for m in (get_module(model, p) for p in desc.head) if isinstance(m, nn.Module))
+    if not head:
+        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if not isinstance(out, nn.Module):
+            raise ComponentError(
+                f"{type(model).__name__} has no output head: load a language-model class "
+                "(e.g. AutoModelForCausalLM) to read logits from the residual stream."
+            )
+        head = (out,)
+    softcap = desc.logit_softcap(model.config) if desc.logit_softcap is not None else None
+    return Readout(final, head, softcap)
+
+
+def residual_stream(model: nn.Module) -> ResidualStream:
+    """The model's residual stream, every layer resolved (``ComponentError`` naming what is missing)."""
+    arch, desc = _describe(model)
+    config = model.config
+    res = desc.residual
+    why = res.unsupported(config) if res is not None and res.unsupported is not None else ""
+    if res is None or why:
+        reason = why or "its file describes no Residual"
+        raise ComponentError(
+            f"The {arch.name!r} family's residual stream is not described ({reason}), so it cannot be "
+            "decomposed into its writers. Add residual=Residual(...) to its LayerStack "
+            "(contract in intervenable/sites/registry.py)."
+        )
+    prefix = base_prefix(model, arch)
+    layers: List[LayerResidual] = []
+    for layer in range(int(arch.num_layers(config))):
+        def site(name: str, override=None) -> Site:
+            if override is not None:
+                return _abstract_site(model, arch, name, override, layer, None)
+            return resolve_component(model, name, layer)
+
+        def norm(template: str) -> Optional[nn.Module]:
+            if not template:
+                return None
+            path = prefix + template.format(layer=layer)
+            module = get_module(model, path)
+            if not isinstance(module, nn.Module):
+                raise ComponentError(f"The {arch.name!r} residual description names norm {path!r}, "
+                                     f"which {type(model).__name__} does not have.")
+            return module
+
+        heads = site("head_attention_value_output")
+        layers.append(LayerResidual(
+            layer=layer, stream=site("block_input"), output=site("block_output"),
+            attention=site("attention_output", res.attention), mlp=site("mlp_output", res.mlp),
+            heads=heads, out_proj=heads.module,
+            attention_norm=norm(res.attention_norm), mlp_norm=norm(res.mlp_norm),
+        ))
+    return ResidualStream(arch.name, tuple(layers), bool(res.parallel(config)), readout(model))

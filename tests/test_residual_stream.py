@@ -1,0 +1,106 @@
+"""The residual-stream descriptions (sites/residual.py) agree with each family's own forward.
+
+For each family with a ``Residual`` description, a tiny random model runs once with plain forward
+hooks on the modules the description resolves to. The model's own computation is the ground truth:
+each layer's output must equal its input plus what the attention and the MLP add (sequential: the
+MLP's norm reads input + attention; parallel: both norms read the input), and the read-out of the
+last layer's output must equal the model's logits. A wrong writer, norm or parallel flag breaks
+one of these identities.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import pytest
+import torch
+
+from intervenable.errors import ComponentError
+from intervenable.sites.residual import readout, residual_stream
+from test_fast_families import CLEAN, FAMILIES
+
+torch.set_num_threads(1)
+
+DESCRIBED = ["gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2",
+             "gpt_oss", "phi", "phi3", "gpt_neox", "gpt_neox_serial", "gpt_neo", "gptj"]
+PARALLEL = {"phi", "gpt_neox", "gptj"}
+
+
+def _main(o: Any) -> torch.Tensor:
+    return o[0] if isinstance(o, (tuple, list)) else o
+
+
+@pytest.mark.parametrize("family", DESCRIBED)
+def test_layers_sum_their_writers_and_readout_gives_logits(family: str) -> None:
+    model, _ = FAMILIES[family]()
+    stream = residual_stream(model)
+    assert stream.parallel == (family in PARALLEL)
+    seen: Dict[Any, torch.Tensor] = {}
+    handles: List[Any] = []
+
+    def grab(key, module, kind):
+        if kind == "input":
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, k=key: seen.__setitem__(k, a[0].detach()) if a else None))
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, o, k=key: seen.__setitem__(k, _main(o).detach())))
+
+    for lr in stream.layers:
+        l = lr.layer
+        grab(("x", l), lr.stream.module, lr.stream.hook)
+        grab(("out", l), lr.output.module, lr.output.hook)
+        grab(("A", l), lr.attention.module, lr.attention.hook)
+        grab(("M", l), lr.mlp.module, lr.mlp.hook)
+        for name, norm in (("an", lr.attention_norm), ("mn", lr.mlp_norm)):
+            if norm is not None:
+                grab((name, l), norm, "input")
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=CLEAN).logits
+    finally:
+        for h in handles:
+            h.remove()
+    for lr in stream.layers:
+        l = lr.layer
+        x, a, m = seen[("x", l)], seen[("A", l)], seen[("M", l)]
+        assert torch.allclose(seen[("out", l)], x + a + m, atol=1e-5), (family, l)
+        if ("an", l) in seen:
+            assert torch.allclose(seen[("an", l)], x, atol=1e-6), (family, l)
+        if ("mn", l) in seen:
+            expect = x if stream.parallel else x + a
+            assert torch.allclose(seen[("mn", l)], expect, atol=1e-5), (family, l)
+    last = seen[("out", len(stream.layers) - 1)]
+    with torch.no_grad():
+        assert torch.allclose(stream.readout.logits(last), logits, atol=1e-5)
+
+
+def test_heads_mix_through_the_output_projection() -> None:
+    """The output projection applied to the head site's (concatenated) value is the attention output."""
+    model, _ = FAMILIES["llama"]()
+    lr = residual_stream(model).layers[1]
+    seen: Dict[str, torch.Tensor] = {}
+    h1 = lr.heads.module.register_forward_pre_hook(lambda m, a: seen.__setitem__("z", a[0].detach()))
+    h2 = lr.attention.module.register_forward_hook(lambda m, a, o: seen.__setitem__("A", _main(o).detach()))
+    try:
+        with torch.no_grad():
+            model(input_ids=CLEAN)
+    finally:
+        h1.remove()
+        h2.remove()
+    assert lr.heads.n_heads == model.config.num_attention_heads
+    with torch.no_grad():
+        assert torch.allclose(lr.out_proj(seen["z"]), seen["A"], atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["opt", "falcon_new", "bert"])
+def test_undescribed_families_say_what_to_add(family: str) -> None:
+    model, _ = FAMILIES[family]()
+    with pytest.raises(ComponentError, match="residual=Residual"):
+        residual_stream(model)
+
+
+def test_a_model_without_a_head_has_no_readout() -> None:
+    import transformers as T
+
+    model = T.GPT2Model(T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=8))
+    with pytest.raises(ComponentError, match="no output head"):
+        readout(model)
