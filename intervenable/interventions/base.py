@@ -41,6 +41,9 @@ name                 default meaning
                              max_number_of_units``
 ``uses_module_input`` False  ``source`` is the hooked module's own input at the
                              same units (skip, LoRA)
+``collects_latents`` False   the output is written and the ``latent`` of its
+                             ``InterventionOutput`` is also reported in
+                             ``collected_activations`` (SAEs)
 ==================== ======= ==================================================
 (*) defaults to ``needs_source``.
 
@@ -85,6 +88,7 @@ class Capabilities:
     flatten_units: bool = False
     uses_module_input: bool = False
     reads_source: Optional[bool] = None  # None: same as needs_source
+    collects_latents: bool = False
 
     def __post_init__(self) -> None:
         if self.reads_source is None:
@@ -100,6 +104,7 @@ class Capabilities:
             collects=bool(getattr(intervention, "collects", False)),
             flatten_units=bool(getattr(intervention, "flatten_units", False)),
             uses_module_input=bool(getattr(intervention, "uses_module_input", False)),
+            collects_latents=bool(getattr(intervention, "collects_latents", False)),
         )
 
     @classmethod
@@ -113,6 +118,7 @@ class Capabilities:
             collects=bool(getattr(intervention_class, "collects", False)),
             flatten_units=bool(getattr(intervention_class, "flatten_units", False)),
             uses_module_input=bool(getattr(intervention_class, "uses_module_input", False)),
+            collects_latents=bool(getattr(intervention_class, "collects_latents", False)),
         )
 
 
