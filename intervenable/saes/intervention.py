@@ -186,7 +186,7 @@ class SAEIntervention(Intervention):
         if new is z and self.keep_error:
             out = base  # nothing edited: the model runs exactly as without the SAE
         elif self.keep_error:
-            out = base + (sae.decode(new, norm) - sae.decode(z, norm)).to(base.dtype)
+            out = base + sae.decode_change(new - z, norm).to(base.dtype)
         else:
             out = sae.decode(new, norm)
             skip = sae.skip(reads)

@@ -189,10 +189,24 @@ class SAE(nn.Module):
         skip = self.skip(x)
         return out if skip is None else out + skip
 
-    def decoder_direction(self, latent: int) -> torch.Tensor:
-        """What one unit of ``latent`` adds to the output: row ``latent`` of ``W_dec`` (before any
-        run-time de-normalisation)."""
-        return self.W_dec[int(latent)]
+    def directions(self) -> torch.Tensor:
+        """``[d_sae, d_out]``: what one unit of each latent adds to ``decode`` before any run-time
+        de-normalisation (rows of ``W_dec``; divided by their norms for ``rescale_acts_by_decoder_norm``)."""
+        if self.architecture == "topk" and self.rescale_acts_by_decoder_norm:
+            return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
+        return self.W_dec
+
+    def output_scale(self, norm: Norm) -> Optional[torch.Tensor]:
+        """``[..., 1]``: the factor ``decode`` multiplies ``z @ directions()`` by (None: 1), from ``norm``."""
+        if norm is None or self.is_transcoder or self.normalize_activations in ("none", "expected_average_only_in"):
+            return None
+        return 1.0 / norm[0]
+
+    def decode_change(self, dz: torch.Tensor, norm: Norm = None) -> torch.Tensor:
+        """``decode(z + dz) - decode(z)`` (linear in ``dz``): what editing the latents by ``dz`` adds."""
+        out = dz.to(self.W_dec.dtype) @ self.directions()
+        scale = self.output_scale(norm)
+        return out if scale is None else out * scale
 
     # -- description ----------------------------------------------------------------
     def weights(self) -> Dict[str, torch.Tensor]:
