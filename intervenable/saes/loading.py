@@ -36,13 +36,14 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 def load_sae(path_or_repo: Union[str, os.PathLike], sae_id: Optional[str] = None, *,
              device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None,
-             revision: Optional[str] = None) -> SAE:
+             revision: Optional[str] = None, cache_dir: Optional[str] = None, token: Any = None) -> SAE:
     """An ``SAE`` from a SAELens folder or a Gemma Scope ``params.npz``, local or on the hub.
 
     ``path_or_repo``: a folder (``cfg.json`` + ``sae_weights.safetensors``, or ``params.npz``),
     a ``params.npz`` file, or a hub repo id; ``sae_id``: the sub-folder inside it
     (``"blocks.8.hook_resid_pre"``, ``"layer_20/width_16k/average_l0_71"``). ``sae.layer`` and
     ``sae.component`` say where it acts (from its ``hook_name``); ``sae.reference`` where it came from.
+    ``revision``, ``cache_dir`` and ``token`` go to ``huggingface_hub.hf_hub_download``.
     """
     local = os.fspath(path_or_repo)
     if os.path.exists(local):
@@ -55,7 +56,7 @@ def load_sae(path_or_repo: Union[str, os.PathLike], sae_id: Optional[str] = None
     else:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", local):
             raise InputError(f"{local!r} is neither an existing path nor a hub repo id ('owner/name').")
-        files, commit = _hub_files(local, sae_id, revision)
+        files, commit = _hub_files(local, sae_id, revision, cache_dir, token)
         reference = {"repo_id": local, "sae_id": sae_id, "revision": commit}
         hint = f"{local}/{sae_id or ''}"
     if "cfg" in files:
@@ -91,13 +92,15 @@ def _local_files(where: str) -> Dict[str, str]:
                      "(Gemma Scope). Pass sae_id= for a sub-folder.")
 
 
-def _hub_files(repo_id: str, sae_id: Optional[str], revision: Optional[str]) -> Tuple[Dict[str, str], Optional[str]]:
+def _hub_files(repo_id: str, sae_id: Optional[str], revision: Optional[str], cache_dir: Optional[str],
+               token: Any) -> Tuple[Dict[str, str], Optional[str]]:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     def get(name: str) -> Optional[str]:
         try:
-            return hf_hub_download(repo_id, name, subfolder=sae_id or None, revision=revision)
+            return hf_hub_download(repo_id, name, subfolder=sae_id or None, revision=revision, cache_dir=cache_dir,
+                                   token=token)
         except (EntryNotFoundError, LocalEntryNotFoundError):
             return None
 
