@@ -59,7 +59,7 @@ def edited_prob(pos: int, latent: int, value: float) -> float:
         return prob(run(fn))
 
 
-def test_ablating_each_latent_equals_a_hand_written_ablation() -> None:
+def test_ablating_each_latent_equals_a_hand_written_ablation(tmp_path) -> None:
     result = pv.feature_patching(MODEL, SAE, BASE, target=TARGET, positions=[2, -1])
     z = encode(block1_output(BASE)[0])
     assert result.positions == [2, 5] and result.axes == ("component", "layer", "position", "latent")
@@ -75,6 +75,12 @@ def test_ablating_each_latent_equals_a_hand_written_ablation() -> None:
     assert general.info["path"] == "general" and torch.allclose(general.values, result.values, atol=TOL)
     best = result.best()
     assert best["latent"] in result.latents and "latent" in result.summary()
+    for ext in ("json", "safetensors"):  # the latent axis survives saving
+        path = os.path.join(tmp_path, f"sweep.{ext}")
+        result.save(path)
+        again = pv.SweepResult.load(path)
+        assert again.latents == result.latents and torch.allclose(again.values, result.values)
+        assert again.axes == result.axes
 
 
 def test_patching_from_a_source_and_explicit_latents() -> None:
