@@ -161,3 +161,34 @@ def test_bad_arguments_are_clear_errors() -> None:
     wide = pv.SAE(torch.zeros(16, 4), torch.zeros(4, 16), layer=1, component="block_output")
     with pytest.raises(pv.ConfigError, match="width 16"):
         pv.feature_patching(MODEL, wide, BASE, target=TARGET)
+
+
+def test_error_nodes_are_cells_too() -> None:
+    """errors=True: latent -1 is the SAE's error node x - decode(encode(x)), set to the source's (or 0)."""
+    h_base, h_src = block1_output(BASE)[0], block1_output(SOURCE)[0]
+    recon = lambda h: encode(h) @ SAE.W_dec + SAE.b_dec  # noqa: E731
+    e_base, e_src = h_base - recon(h_base), h_src - recon(h_src)
+
+    def with_error(pos, e):
+        def fn(h):
+            new = h.clone()
+            new[0, pos] = h[0, pos] - e_base[pos] + e
+            return new
+        with torch.no_grad():
+            return prob(run(fn))
+    patched = pv.feature_patching(MODEL, SAE, BASE, SOURCE, target=TARGET, latents=[3], errors=True)
+    ablated = pv.feature_patching(MODEL, SAE, BASE, target=TARGET, latents=[3], errors=True)
+    assert patched.latents == [3, -1]
+    for j, pos in enumerate(patched.positions):
+        assert abs(float(patched.values[0, 0, j, 1]) - with_error(pos, e_src[pos])) < TOL
+        assert abs(float(ablated.values[0, 0, j, 1]) - with_error(pos, torch.zeros(32))) < TOL
+    est = pv.feature_attribution(MODEL, SAE, BASE, SOURCE, target=TARGET, latents=[3], errors=True, verify=20)
+    x = torch.zeros_like(h_base, requires_grad=True)  # dProb/dx at block 1's output
+    (g,) = torch.autograd.grad(run(lambda h: h + x)[0, -1].softmax(-1)[TARGET], x)
+    with torch.no_grad():
+        base_score = prob(MODEL(BASE).logits)
+    for j, pos in enumerate(est.positions):
+        expected = base_score + float((e_src[pos] - e_base[pos]) @ g[pos])
+        assert abs(float(est.values[0, 0, j, 1]) - expected) < TOL
+    mask = ~torch.isnan(est.tensors["exact"])
+    assert torch.allclose(est.tensors["exact"][mask], patched.values[mask], atol=TOL)

@@ -80,6 +80,8 @@ class Runs:
     z_base: Dict[str, torch.Tensor]
     norm: Dict[str, Norm]
     z_source: Dict[str, Optional[torch.Tensor]]
+    error_base: Dict[str, torch.Tensor]  # the SAE's error node [T, d_out]: written value - its reconstruction
+    error_source: Dict[str, Optional[torch.Tensor]]
     source_logits: Optional[torch.Tensor]
     recorded: Any  # the fast path's record of the base run (None: general path)
     stack: Any
@@ -93,10 +95,17 @@ def _inputs(ss: Sequence[SAESite]) -> Tuple[Dict[str, Site], Dict[str, Site]]:
     return written, read
 
 
-def _encode(s: SAESite, values: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Norm]:
-    """Latents ``[T, d_sae]`` (and input norm) of one run from its recorded site values."""
+def _encode(s: SAESite, values: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Norm, torch.Tensor]:
+    """Latents ``[T, d_sae]``, input norm and error node ``[T, d_out]`` of one run from its site values."""
+    device = s.sae.W_enc.device
     raw = values[s.key + ":in"] if s.reads is not s.site else s.site.to_view(values[s.key])
-    return s.sae.encode_with_norm(raw[0].to(s.sae.W_enc.device))
+    reads = raw[0].to(device)
+    z, norm = s.sae.encode_with_norm(reads)
+    recon = s.sae.decode(z, norm)
+    skip = s.sae.skip(reads)
+    recon = recon if skip is None else recon + skip
+    written = s.site.to_view(values[s.key])[0].to(device=device, dtype=recon.dtype)
+    return z, norm, written - recon
 
 
 def record_runs(model: nn.Module, ss: Sequence[SAESite], base_ids: torch.Tensor, source_ids: Optional[torch.Tensor],
@@ -123,18 +132,26 @@ def record_runs(model: nn.Module, ss: Sequence[SAESite], base_ids: torch.Tensor,
         source_logits, source_values = (None, None)
         if source_ids is not None:
             source_logits, source_values = capture(model, source_ids, every, list(every))
-        z_base, norms, z_source = {}, {}, {}
+        z_base, norms, z_source, e_base, e_source = {}, {}, {}, {}, {}
         for s in ss:
-            z_base[s.key], norms[s.key] = _encode(s, base_values)
-            z_source[s.key] = None if source_values is None else _encode(s, source_values)[0]
+            z_base[s.key], norms[s.key], e_base[s.key] = _encode(s, base_values)
+            z_source[s.key], e_source[s.key] = None, None
+            if source_values is not None:
+                z_source[s.key], _, e_source[s.key] = _encode(s, source_values)
     if fast and recorded is None:
         raise ConfigError(f"fast=True, but the fast path cannot run this sweep: {reason}. Use fast=None.")
-    return Runs(base_logits, base_values, z_base, norms, z_source, source_logits, recorded, stack, kinds, reason)
+    return Runs(base_logits, base_values, z_base, norms, z_source, e_base, e_source, source_logits, recorded, stack,
+                kinds, reason)
+
+
+#: the latent id of an SAE's error node in a feature sweep (``errors=True``)
+ERROR = -1
 
 
 @dataclass(frozen=True)
 class Edit:
-    """Set latent ``latent`` of SAE ``sae`` (index into the sweep's SAEs) at ``pos`` to ``target``."""
+    """Set latent ``latent`` of SAE ``sae`` (index into the sweep's SAEs) at ``pos`` to ``target``; latent
+    ``ERROR``: set the SAE's error node at ``pos`` to its source value (0 without a source)."""
 
     sae: int
     pos: int
@@ -155,10 +172,13 @@ class EditValues(dict):
         e = self.edits[int(source.split(":", 1)[1])]
         s = self.ss[e.sae]
         raw = self.runs.base_values[s.key]
-        change = (e.target - float(self.runs.z_base[s.key][e.pos, e.latent])) * self.directions[s.key][e.latent]
-        scale = s.sae.output_scale(self.runs.norm[s.key])
-        if scale is not None:
-            change = change * scale[e.pos]
+        if e.latent == ERROR:
+            change = error_change(self.runs, s.key, e.pos)
+        else:
+            change = (e.target - float(self.runs.z_base[s.key][e.pos, e.latent])) * self.directions[s.key][e.latent]
+            scale = s.sae.output_scale(self.runs.norm[s.key])
+            if scale is not None:
+                change = change * scale[e.pos]
         view = s.site.to_view(raw)
         new = view[0, e.pos] + change.to(device=view.device, dtype=view.dtype)
         if s.site.slice is None and not s.site.has_heads:
@@ -167,6 +187,13 @@ class EditValues(dict):
         edited = s.site.to_view(full)
         edited[0, e.pos] = new
         return {s.key: s.site.from_view(full, edited)}
+
+
+def error_change(runs: Runs, key: str, pos: int) -> torch.Tensor:
+    """What setting the error node at ``pos`` to its target (the source's error, else 0) adds: ``[d_out]``."""
+    source = runs.error_source[key]
+    target = source[pos] if source is not None else torch.zeros_like(runs.error_base[key][pos])
+    return target - runs.error_base[key][pos]
 
 
 def run_edits(model: nn.Module, ss: Sequence[SAESite], runs: Runs, edits: Sequence[Edit], base_ids: torch.Tensor,

@@ -26,7 +26,7 @@ from ..sweeps.result import SweepResult
 from ..sweeps.runner import logits_of
 from ..sweeps.spec import (Metric, as_ids, check_token_id, make_metric, normalise_positions, target_id, token_strings,
                            token_text, vocab_size)
-from .feature_runs import Edit, Runs, SAESite, record_runs, run_edits, sae_sites
+from .feature_runs import ERROR, Edit, Runs, SAESite, error_change, record_runs, run_edits, sae_sites
 
 LatentSpec = Union[None, str, Sequence[int]]
 METHODS = ("atp", "ig")
@@ -107,7 +107,7 @@ class _Sweep:
 
     def __init__(self, model: nn.Module, saes: Any, base: Any, source: Any, target: Any, positions: Any,
                  latents: LatentSpec, value: float, metric: Metric, foil: Any, tokenizer: Any,
-                 fast: Optional[bool]) -> None:
+                 fast: Optional[bool], errors: bool = False) -> None:
         self.t0 = time.perf_counter()
         self.model, self.tokenizer, self.metric_name = model, tokenizer, metric if isinstance(metric, str) else "custom"
         self.ss = sae_sites(model, saes)
@@ -115,7 +115,7 @@ class _Sweep:
         self.pos = normalise_positions(positions, self.base_ids.shape[1])
         self.runs = record_runs(model, self.ss, self.base_ids, self.source_ids, fast)
         self.targets = _targets(self.ss, self.runs, value)
-        self.latents = _latent_axis(latents, self.ss, self.runs, self.targets, self.pos)
+        self.latents = _latent_axis(latents, self.ss, self.runs, self.targets, self.pos) + ([ERROR] if errors else [])
         self.components, self.layers, self.cells = _layout(self.ss)
         self.base_score = float(self.fn(self.runs.base_logits.float())[0])
         self.edits: List[Edit] = []
@@ -128,6 +128,13 @@ class _Sweep:
             for j, p in enumerate(self.pos):
                 for k, i in enumerate(self.latents):
                     if i >= s.sae.d_sae:
+                        continue
+                    if i == ERROR:
+                        if bool((error_change(self.runs, s.key, p) == 0).all()):
+                            self.values[c, l, j, k] = self.base_score
+                        else:
+                            self.edits.append(Edit(n, p, ERROR, float("nan")))
+                            self.where.append((c, l, j, k))
                         continue
                     if float(zt[p, i]) == float(zb[p, i]):
                         self.values[c, l, j, k] = self.base_score  # the edit changes nothing: exact
@@ -159,7 +166,7 @@ class _Sweep:
 def feature_patching(model: nn.Module, saes: Any, base: Any, source: Any = None, target: Any = None, *,
                      positions: Optional[Sequence[int]] = None, latents: LatentSpec = None, value: float = 0.0,
                      metric: Metric = "prob", foil: Any = None, tokenizer: Any = None,
-                     batch_size: Optional[int] = None, memory_budget: Optional[int] = None,
+                     errors: bool = False, batch_size: Optional[int] = None, memory_budget: Optional[int] = None,
                      fast: Optional[bool] = None, progress: Optional[bool] = False) -> SweepResult:
     """The metric after editing each latent of ``saes`` at each position, one cell at a time, exactly.
 
@@ -169,10 +176,13 @@ def feature_patching(model: nn.Module, saes: Any, base: Any, source: Any = None,
     ``"logit_diff"`` with ``foil``, or ``f(logits[rows, vocab]) -> [rows]``) of ``target`` at the
     last position. ``latents``: None (every latent an edit changes at a swept position), ``"all"``,
     or ids; ``positions``: default all. Cells whose edit changes nothing hold the base score without
-    a run. Returns ``SweepResult`` ``values[component, layer, position, latent]`` (NaN where an SAE
-    has no such latent); ``result.latents`` are the ids.
+    a run. ``errors=True`` adds each SAE's error node as latent ``-1`` (set to its source value, or 0
+    without a source: the activation becomes the reconstruction). Returns ``SweepResult``
+    ``values[component, layer, position, latent]`` (NaN where an SAE has no such latent);
+    ``result.latents`` are the ids.
     """
-    sweep = _Sweep(model, saes, base, source, target, positions, latents, value, metric, foil, tokenizer, fast)
+    sweep = _Sweep(model, saes, base, source, target, positions, latents, value, metric, foil, tokenizer, fast,
+                   errors)
     scores, info = sweep.exact(range(len(sweep.edits)), batch_size, memory_budget, progress)
     values = sweep.values
     for score, cell in zip(scores.tolist(), sweep.where):
@@ -183,7 +193,7 @@ def feature_patching(model: nn.Module, saes: Any, base: Any, source: Any = None,
 def feature_attribution(model: nn.Module, saes: Any, base: Any, source: Any = None, target: Any = None, *,
                         positions: Optional[Sequence[int]] = None, latents: LatentSpec = None, value: float = 0.0,
                         metric: Metric = "prob", foil: Any = None, tokenizer: Any = None, method: str = "atp",
-                        steps: Optional[int] = None, verify: Optional[int] = None,
+                        steps: Optional[int] = None, verify: Optional[int] = None, errors: bool = False,
                         batch_size: Optional[int] = None, memory_budget: Optional[int] = None,
                         fast: Optional[bool] = None, progress: Optional[bool] = False) -> SweepResult:
     """Estimate ``feature_patching(...)`` (same arguments, same cells) from gradients.
@@ -191,7 +201,8 @@ def feature_attribution(model: nn.Module, saes: Any, base: Any, source: Any = No
     ``method="atp"``: ``base score + (z_target - z_base) * dMetric/dz`` for every latent and position
     from one backward; ``"ig"``: the gradient averaged over ``steps`` (default 8) midpoints of the path on
     which all latents of one SAE move to their targets together (``steps`` rows per SAE). The gradient
-    with respect to a latent is the site's gradient along its decoder direction, the error held.
+    with respect to a latent is the site's gradient along its decoder direction, the error held; an
+    error node's (``errors=True``, latent ``-1``) is the site's gradient itself.
     ``verify=k`` reruns the ``k`` cells with the largest ``|estimate - base score|`` exactly, into
     ``result.tensors["exact"]`` (NaN elsewhere). Parameters are frozen meanwhile and left as found.
     """
@@ -204,14 +215,19 @@ def feature_attribution(model: nn.Module, saes: Any, base: Any, source: Any = No
         raise ConfigError(f"steps must be a positive number of points on the path; got {steps!r}.")
     if verify is not None and (isinstance(verify, bool) or int(verify) < 1):
         raise ConfigError(f"verify must be a positive number of cells to rerun exactly (or None); got {verify!r}.")
-    sweep = _Sweep(model, saes, base, source, target, positions, latents, value, metric, foil, tokenizer, fast)
-    grads, backwards = _latent_gradients(sweep, method, n_steps)
+    sweep = _Sweep(model, saes, base, source, target, positions, latents, value, metric, foil, tokenizer, fast,
+                   errors)
+    grads, site_grads, backwards = _latent_gradients(sweep, method, n_steps)
     values = sweep.values
     estimates = []
     for e, cell in zip(sweep.edits, sweep.where):
         s = sweep.ss[e.sae]
-        change = e.target - float(sweep.runs.z_base[s.key][e.pos, e.latent])
-        estimates.append(sweep.base_score + change * float(grads[s.key][e.pos, e.latent]))
+        if e.latent == ERROR:
+            change_x = error_change(sweep.runs, s.key, e.pos).float().cpu()
+            estimates.append(sweep.base_score + float(change_x @ site_grads[s.key][e.pos]))
+        else:
+            change = e.target - float(sweep.runs.z_base[s.key][e.pos, e.latent])
+            estimates.append(sweep.base_score + change * float(grads[s.key][e.pos, e.latent]))
         values[cell] = estimates[-1]
     info: Dict[str, Any] = {"path": method, "method": method, "backwards": backwards}
     if method == "ig":
@@ -231,8 +247,9 @@ def feature_attribution(model: nn.Module, saes: Any, base: Any, source: Any = No
     return result
 
 
-def _latent_gradients(sweep: _Sweep, method: str, steps: int) -> Tuple[Dict[str, torch.Tensor], int]:
-    """Per SAE, ``dMetric/dz`` ``[T, d_sae]`` (``ig``: averaged along the path), and the backwards run."""
+def _latent_gradients(sweep: _Sweep, method: str, steps: int):
+    """Per SAE, ``dMetric/dz`` ``[T, d_sae]`` and ``dMetric/dx`` at its site ``[T, d_out]`` (``ig``: averaged
+    along the path), and the number of backwards run."""
     model, ss, runs = sweep.model, sweep.ss, sweep.runs
     sites = {s.key: s.site for s in ss}
     site_grads: Dict[str, torch.Tensor] = {}
@@ -259,10 +276,12 @@ def _latent_gradients(sweep: _Sweep, method: str, steps: int) -> Tuple[Dict[str,
                 site_grads[s.key] = grads[s.key] / steps  # summed over the rows that move it, averaged
                 backwards += 1
     out: Dict[str, torch.Tensor] = {}
+    at_sites: Dict[str, torch.Tensor] = {}
     for s in ss:
         g = s.site.to_view(site_grads[s.key].float())[0]  # [T, d_out]
+        at_sites[s.key] = g.cpu()
         scale = s.sae.output_scale(runs.norm[s.key])
         if scale is not None:
             g = g * scale
         out[s.key] = (g @ s.sae.directions().detach().float().T).cpu()  # [T, d_sae]
-    return out, backwards
+    return out, at_sites, backwards
