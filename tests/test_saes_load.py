@@ -63,9 +63,9 @@ def test_sites_come_from_the_hook_names() -> None:
     assert (pv.load_sae(os.path.join(DATA, "standard_no_bdec")).layer,
             pv.load_sae(os.path.join(DATA, "standard_no_bdec")).component) == (1, "block_input")
     tc = pv.load_sae(os.path.join(DATA, "transcoder"))
-    assert (tc.layer, tc.component, tc.input_layer, tc.input_component) == (1, "mlp_output", 1, "mlp_input")
+    assert (tc.layer, tc.component, tc.input_layer, tc.input_component) == (1, "mlp_residual", 1, "mlp_input")
     assert site_of_hook("blocks.7.attn.hook_z") == (7, "attention_value_output")
-    assert site_of_hook("blocks.3.hook_mlp_out") == (3, "mlp_output")
+    assert site_of_hook("blocks.3.hook_mlp_out") == (3, "mlp_residual")  # = mlp_output but in Gemma 2 / OLMo 2
     assert site_of_hook("blocks.3.mlp.hook_post") == (3, "mlp_activation")
     assert site_of_hook(None, "model.layers.12") == (None, "model.layers.12.output")
     assert hf_path("model.layers.3.mlp.input") == "model.layers.3.mlp.input"

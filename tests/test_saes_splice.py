@@ -9,6 +9,7 @@ import torch
 
 import intervenable as pv
 from gpt2_manual import ids, tiny_gpt2
+from intervenable.saes import site_of_hook
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "saes")
 MODEL = tiny_gpt2()  # n_embd 32, 3 layers: the fixtures' width
@@ -56,7 +57,7 @@ def test_splicing_with_the_error_term_leaves_logits_unchanged(name: str) -> None
     seen = {}
     block = MODEL.transformer.h[sae.layer]
     module, reads_input = {"block_output": (block, False), "block_input": (block, True),
-                           "mlp_output": (block.mlp, sae.is_transcoder)}[sae.component]
+                           "mlp_output": (block.mlp, False), "mlp_residual": (block.mlp, sae.is_transcoder)}[sae.component]
     handle = (module.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0])) if reads_input else
               module.register_forward_hook(lambda m, a, o: seen.setdefault("x", o[0] if isinstance(o, tuple) else o)))
     try:
@@ -271,3 +272,32 @@ def test_generate_with_a_source_at_every_position_reads_the_source_at_the_same_p
     assert out.tolist() == expected.tolist()
     with pytest.raises(pv.ConfigError, match="Use pv.SAEIntervention"):
         pv.JumpReLUAutoencoderIntervention.from_sae(STANDARD)
+
+
+def test_hook_mlp_out_is_what_the_mlp_adds_to_the_residual_stream_also_in_gemma2() -> None:
+    """TransformerLens's hook_mlp_out / hook_attn_out come after Gemma 2's post-MLP / post-attention norms."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
+    ids_ = ids(1, 5, seed=2)
+    g = torch.Generator().manual_seed(4)
+    for hook, module in (("hook_mlp_out", gemma.model.layers[1].post_feedforward_layernorm),
+                         ("hook_attn_out", gemma.model.layers[1].post_attention_layernorm)):
+        sae = pv.SAE(torch.randn(32, 48, generator=g), torch.randn(48, 32, generator=g) * 0.3,
+                     b_enc=torch.randn(48, generator=g), hook_name=f"blocks.1.{hook}",
+                     **dict(zip(("layer", "component"), site_of_hook(f"blocks.1.{hook}"))))
+
+        def ablate(m, a, output, sae=sae):
+            z = sae.encode(output)
+            return output - z[..., :4] @ sae.W_dec[:4]  # latents 0-3 set to 0, the error held
+        handle = module.register_forward_hook(ablate)
+        try:
+            with torch.no_grad():
+                expected = gemma(ids_).logits
+        finally:
+            handle.remove()
+        _, out = pv.IntervenableModel(pv.SAEIntervention(sae, ablate=[0, 1, 2, 3]), gemma)({"input_ids": ids_})
+        assert torch.allclose(out.logits, expected, atol=TOL, rtol=0)
+        assert not torch.allclose(expected, gemma(ids_).logits, atol=1e-4)

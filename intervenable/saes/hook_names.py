@@ -17,8 +17,8 @@ from ..errors import ConfigError
 BLOCK_HOOKS = {
     "hook_resid_pre": "block_input",
     "hook_resid_post": "block_output",
-    "hook_attn_out": "attention_output",
-    "hook_mlp_out": "mlp_output",
+    "hook_attn_out": "attention_residual",  # = attention_output unless the family normalises it (Gemma 2)
+    "hook_mlp_out": "mlp_residual",  # = mlp_output unless the family normalises it (Gemma 2)
     "attn.hook_z": "attention_value_output",
     "attn.hook_q": "query_output",
     "attn.hook_k": "key_output",

@@ -89,6 +89,7 @@ class SAEIntervention(Intervention):
         self.uses_module_input = sae.is_transcoder
         if sae.is_transcoder:
             _check_transcoder_site(sae, self.layer, self.component)
+            self.component = "mlp_output"  # the MLP's own output: the module whose input the transcoder reads
 
     # -- the edits: properties, so that a change after construction is checked and saved ----------
     @property
@@ -244,7 +245,7 @@ def _as_sae(spec: Any) -> SAE:
 
 def _check_transcoder_site(sae: SAE, layer: Optional[int], component: Optional[str]) -> None:
     """A transcoder is placed at an MLP's output and reads that MLP's input (the engine's module input)."""
-    if component != "mlp_output" or sae.input_component not in (None, "mlp_input") or (
+    if component not in ("mlp_output", "mlp_residual") or sae.input_component not in (None, "mlp_input") or (
             sae.input_layer is not None and sae.input_layer != layer):
         raise ConfigError(
             f"This transcoder reads {sae.hook_name!r} and writes {sae.hook_name_out!r}; we splice transcoders that "
