@@ -123,23 +123,29 @@ class _Sweep:
         self.values = torch.full((len(self.components), len(self.layers), len(self.pos), len(self.latents)),
                                  float("nan"))
         for n, s in enumerate(self.ss):
-            c, l = self.cells[n]
-            zb, zt = self.runs.z_base[s.key], self.targets[s.key]
+            self._cells_of(n, s)
+
+    def _cells_of(self, n: int, s: SAESite) -> None:
+        """The edits of SAE ``n`` (cells whose edit changes nothing hold the base score, exactly)."""
+        c, l = self.cells[n]
+        columns = [k for k, i in enumerate(self.latents) if 0 <= i < s.sae.d_sae]
+        ids = torch.tensor([self.latents[k] for k in columns], dtype=torch.long)
+        rows = torch.tensor(self.pos, dtype=torch.long)
+        zb = self.runs.z_base[s.key].cpu()[rows][:, ids]
+        zt = self.targets[s.key].cpu()[rows][:, ids]
+        changed = zt != zb  # [positions, latents]
+        table = self.values[c, l]
+        table[:, columns] = torch.where(changed, torch.full_like(zb, float("nan")), torch.full_like(zb, self.base_score))
+        for (j, k), target in zip(torch.nonzero(changed).tolist(), zt[changed].tolist()):
+            self.edits.append(Edit(n, self.pos[j], self.latents[columns[k]], float(target)))
+            self.where.append((c, l, j, columns[k]))
+        if ERROR in self.latents:
+            k = self.latents.index(ERROR)
             for j, p in enumerate(self.pos):
-                for k, i in enumerate(self.latents):
-                    if i >= s.sae.d_sae:
-                        continue
-                    if i == ERROR:
-                        if bool((error_change(self.runs, s.key, p) == 0).all()):
-                            self.values[c, l, j, k] = self.base_score
-                        else:
-                            self.edits.append(Edit(n, p, ERROR, float("nan")))
-                            self.where.append((c, l, j, k))
-                        continue
-                    if float(zt[p, i]) == float(zb[p, i]):
-                        self.values[c, l, j, k] = self.base_score  # the edit changes nothing: exact
-                        continue
-                    self.edits.append(Edit(n, p, i, float(zt[p, i])))
+                if bool((error_change(self.runs, s.key, p) == 0).all()):
+                    table[j, k] = self.base_score
+                else:
+                    self.edits.append(Edit(n, p, ERROR, float("nan")))
                     self.where.append((c, l, j, k))
 
     def result(self, kind: str, values: torch.Tensor, info: Dict[str, Any]) -> SweepResult:
@@ -278,7 +284,7 @@ def _latent_gradients(sweep: _Sweep, method: str, steps: int):
     out: Dict[str, torch.Tensor] = {}
     at_sites: Dict[str, torch.Tensor] = {}
     for s in ss:
-        g = s.site.to_view(site_grads[s.key].float())[0]  # [T, d_out]
+        g = s.site.to_view(site_grads[s.key].float())[0].to(s.sae.W_dec.device)  # [T, d_out], where the SAE is
         at_sites[s.key] = g.cpu()
         scale = s.sae.output_scale(runs.norm[s.key])
         if scale is not None:
