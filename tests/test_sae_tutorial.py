@@ -276,9 +276,9 @@ def test_the_gemma_scope_tutorial_runs_and_computes_what_it_says(notebook) -> No
     finally:
         handle.remove()
     assert ns["reft_response"].tolist() == expected.tolist()
-    torch.manual_seed(0)
-    unsteered = model.generate(**prompt, max_new_tokens=128, do_sample=True, early_stopping=True)
-    assert unsteered.tolist() != expected.tolist()  # the steering vector changes what is generated
+    torch.manual_seed(0)  # the same draws: the first 8 tokens of an unsteered run
+    unsteered = model.generate(**prompt, max_new_tokens=8, do_sample=True, early_stopping=True)
+    assert unsteered.tolist() != expected[:, :unsteered.shape[1]].tolist()  # the steering changes the text
 
     for i in range(14, 17):
         run(i)  # the reference's JumpReLU interchange: latent 10004 of source position 11 into base position 14
