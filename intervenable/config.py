@@ -59,6 +59,12 @@ class RepresentationConfig(_RepresentationBase):
         """Build from a RepresentationConfig, a dict, or a positional list/tuple."""
         if isinstance(value, RepresentationConfig):
             return value
+        placed = getattr(value, "as_representation", None)
+        if callable(placed):  # an intervention that knows its own site (pv.SAEIntervention)
+            return cls.from_any(placed())
+        if isinstance(value, Mapping) and "component" not in value and callable(
+                getattr(value.get("intervention"), "as_representation", None)):
+            return cls.from_any({**value["intervention"].as_representation(), **value})
         if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a foreign namedtuple
             return cls.from_any(dict(value._asdict()))
         if isinstance(value, Mapping):
@@ -112,7 +118,8 @@ RepresentationLike = Union[RepresentationConfig, Mapping[str, Any], Sequence[Any
 def _as_representation_list(representations: Any) -> List[RepresentationConfig]:
     if representations is None:
         return [RepresentationConfig()]
-    if isinstance(representations, (RepresentationConfig, Mapping)) or (
+    if isinstance(representations, (RepresentationConfig, Mapping)) or callable(
+            getattr(representations, "as_representation", None)) or (
         isinstance(representations, tuple) and hasattr(representations, "_asdict")
     ):
         representations = [representations]
@@ -123,7 +130,8 @@ def _as_representation_list(representations: Any) -> List[RepresentationConfig]:
         )
     if len(representations) == 0:
         raise ConfigError("'representations' is empty: give at least one site to intervene on.")
-    if not isinstance(representations[0], (RepresentationConfig, Mapping, list, tuple)):
+    if not isinstance(representations[0], (RepresentationConfig, Mapping, list, tuple)) and not callable(
+            getattr(representations[0], "as_representation", None)):
         representations = [representations]  # one positional representation, e.g. [1, "block_output"]
     return [RepresentationConfig.from_any(r).validate() for r in representations]
 

@@ -237,8 +237,14 @@ def apply_intervention(
     kwargs = dict(extra_kwargs or {})
     with engine_call():  # subspaces rows are batch rows; the engine sets the width (subspaces.py)
         result = intervention(base_in, src_in, subspaces, **kwargs)
+    per_call = state.per_call if per_call is None else per_call
     if isinstance(result, InterventionOutput) or (hasattr(result, "output") and hasattr(result, "latent")):
-        state.latents[slot.key] = result.latent
+        if per_call:  # generation: one latent per forward call, as collected activations
+            state.latents.setdefault(slot.key, []).append(result.latent)
+        else:
+            state.latents[slot.key] = result.latent
+        if slot.caps.collects_latents:  # written back, and its latent reported as a collected activation
+            _collect(state, slot.key, result.latent, per_call)
         result = result.output
     if not isinstance(result, torch.Tensor):
         raise ShapeError(
@@ -246,10 +252,7 @@ def apply_intervention(
             f"shaped like its base input {tuple(base_in.shape)}."
         )
     if slot.is_collect:
-        if state.per_call if per_call is None else per_call:
-            state.collected.setdefault(slot.key, []).append(result)
-        else:
-            state.collected[slot.key] = result
+        _collect(state, slot.key, result, per_call)
         return None
     if flatten:
         if result.shape != base_in.shape:
@@ -267,6 +270,14 @@ def apply_intervention(
                 f"base units have shape {tuple(base_units.shape)}."
             ) from None
     return result
+
+
+def _collect(state: CallState, key: str, value: Any, per_call: bool) -> None:
+    """Report ``value`` for ``key``: one entry per forward call in generation, else the latest."""
+    if per_call:
+        state.collected.setdefault(key, []).append(value)
+    else:
+        state.collected[key] = value
 
 
 def setter(
@@ -292,7 +303,7 @@ def setter(
             call_units = plan.units_for_call(units, full.shape[0])
             if call_units is None:
                 return None
-            src = plan.source_for_call(source, call_units, full.shape[0])
+            src = plan.source_for_call(source, call_units, full.shape[0], every_position=units.positions is None)
         view = slot.site.to_view(full)
         resolved = resolve_units(call_units, view, slot.head_view, slot.where())
         base_units = gather(view, resolved, slot.head_view)

@@ -142,8 +142,15 @@ class GenerationPlan:
             heads = None if heads is None else heads.repeat_interleave(repeat, dim=0)
         return Units(positions=positions, heads=heads)
 
-    def source_for_call(self, source: Optional[torch.Tensor], call_units: Units, rows: int) -> Optional[torch.Tensor]:
-        """The source units for ``call_units``: as gathered when the counts match, or one unit broadcast."""
+    def source_for_call(self, source: Optional[torch.Tensor], call_units: Units, rows: int,
+                        every_position: bool = False) -> Optional[torch.Tensor]:
+        """The source units for ``call_units``: as gathered when the counts match, or one unit broadcast.
+
+        ``every_position``: the intervention applies at every position (no base positions were
+        given) and the source was read at every position of the source input; each intervened
+        position then reads the source at the same absolute position, and generated tokens past the
+        source's end read its last position.
+        """
         if source is None or source.dim() < 2:
             return source
         repeat = rows // self.batch
@@ -152,10 +159,13 @@ class GenerationPlan:
         pos_dim = source.dim() - 2  # [b, n, d] -> 1; [b, h, n, d] -> 2
         n_call = call_units.positions.shape[1]
         n_src = source.shape[pos_dim]
-        if n_src == n_call:
+        if n_src == n_call and not every_position:
             return source
         if n_src == 1:
             return source  # broadcast over every intervened position
+        if every_position:
+            absolute = (call_units.positions[0] + self.window_start).clamp(max=n_src - 1).to(source.device)
+            return source.index_select(pos_dim, absolute)
         raise LocationError(
             f"The source gives {n_src} units but this generation step intervenes on {n_call} positions: "
             "give one source unit per intervened prompt position, or a single unit to apply at every position."

@@ -279,7 +279,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
 
     def _result(self, original: Any, intervened: Any, state: CallState, return_dict: Optional[bool]) -> Any:
         collected = [state.collected[s.key] for s in self._slots if s.key in state.collected]
-        has_collect = any(s.is_collect for s in self._slots)
+        has_collect = any(s.is_collect or s.caps.collects_latents for s in self._slots)
         if return_dict:
             return IntervenableModelOutput(original, intervened, collected if has_collect else None, state.latents)
         if has_collect:

@@ -6,7 +6,8 @@
   (``flatten_units = True``), as in the reference.
 * ``JumpReLUAutoencoderIntervention``: a JumpReLU SAE with given weights
   (``W_enc [d, k]``, ``W_dec [k, d]``, ``b_enc``, ``b_dec``, ``threshold``);
-  sees ``[..., d]`` per unit and returns ``InterventionOutput(output, latent)``.
+  sees ``[..., d]`` per unit and returns ``InterventionOutput(output, latent)``; ``from_sae`` builds it
+  from an SAE of ``pv.load_sae`` (``pv.SAEIntervention`` keeps the error term instead).
 """
 from __future__ import annotations
 
@@ -132,6 +133,22 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
             strict=False,
         )
         return sae
+
+    @classmethod
+    def from_sae(cls, sae: Any, **kwargs: Any) -> "JumpReLUAutoencoderIntervention":
+        """This intervention (the reference's interchange, no error term) with a loaded SAE's weights
+        (``pv.load_sae``): a JumpReLU SAE that does not subtract ``b_dec`` from its input nor normalise it,
+        as Gemma Scope's are. For every other SAE, and to keep the error term, use ``pv.SAEIntervention``."""
+        arch = getattr(sae, "architecture", None)
+        if arch != "jumprelu" or sae.apply_b_dec_to_input or sae.normalize_activations not in (
+                "none", "expected_average_only_in"):
+            raise ConfigError(
+                f"JumpReLUAutoencoderIntervention computes a JumpReLU SAE without input centring or normalisation; "
+                f"this SAE is {arch!r} (apply_b_dec_to_input={getattr(sae, 'apply_b_dec_to_input', None)}, "
+                f"normalize_activations={getattr(sae, 'normalize_activations', None)!r}). Use pv.SAEIntervention(sae)."
+            )
+        return cls.from_weights(sae.W_enc.detach(), sae.W_dec.detach(), sae.b_enc.detach(), sae.b_dec.detach(),
+                                sae.threshold.detach(), **kwargs)
 
     def encode(self, input_acts: torch.Tensor) -> torch.Tensor:
         pre = input_acts.to(self.W_enc.dtype) @ self.W_enc + self.b_enc

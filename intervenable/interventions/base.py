@@ -41,6 +41,9 @@ name                 default meaning
                              max_number_of_units``
 ``uses_module_input`` False  ``source`` is the hooked module's own input at the
                              same units (skip, LoRA)
+``collects_latents`` False   the output is written and the ``latent`` of its
+                             ``InterventionOutput`` is also reported in
+                             ``collected_activations`` (SAEs)
 ==================== ======= ==================================================
 (*) defaults to ``needs_source``.
 
@@ -53,6 +56,7 @@ convert a reference-library state dict).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -85,6 +89,7 @@ class Capabilities:
     flatten_units: bool = False
     uses_module_input: bool = False
     reads_source: Optional[bool] = None  # None: same as needs_source
+    collects_latents: bool = False
 
     def __post_init__(self) -> None:
         if self.reads_source is None:
@@ -100,6 +105,7 @@ class Capabilities:
             collects=bool(getattr(intervention, "collects", False)),
             flatten_units=bool(getattr(intervention, "flatten_units", False)),
             uses_module_input=bool(getattr(intervention, "uses_module_input", False)),
+            collects_latents=bool(getattr(intervention, "collects_latents", False)),
         )
 
     @classmethod
@@ -113,6 +119,7 @@ class Capabilities:
             collects=bool(getattr(intervention_class, "collects", False)),
             flatten_units=bool(getattr(intervention_class, "flatten_units", False)),
             uses_module_input=bool(getattr(intervention_class, "uses_module_input", False)),
+            collects_latents=bool(getattr(intervention_class, "collects_latents", False)),
         )
 
 
@@ -171,6 +178,30 @@ def outermost_kwargs(module: nn.Module, fallback: Dict[str, Any]) -> Dict[str, A
     return out
 
 
+def _recording_attributes(init: Any) -> Any:
+    """``init`` that, when it is the outermost constructor call, records the instance attributes it set
+    (``constructed_attributes``: saving tells apart what a rebuild recreates from what was set later)."""
+
+    @functools.wraps(init)
+    def wrapped(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        depth = self.__dict__.get("_init_depth", 0)
+        self.__dict__["_init_depth"] = depth + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            self.__dict__["_init_depth"] = depth
+        if depth == 0:
+            self.__dict__["_constructed_attributes"] = frozenset(vars(self))
+
+    wrapped._records_attributes = True  # type: ignore[attr-defined]
+    return wrapped
+
+
+def constructed_attributes(module: nn.Module) -> Optional[frozenset]:
+    """Names of the instance attributes the outermost constructor set (None when not recorded)."""
+    return vars(module).get("_constructed_attributes")
+
+
 class Intervention(nn.Module):
     """Base of every intervention. Accepts the reference's keyword arguments.
 
@@ -185,6 +216,12 @@ class Intervention(nn.Module):
     uses_module_input: bool = False
     #: True for interventions whose output is collected, not written back
     collects: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_records_attributes", False):
+            cls.__init__ = _recording_attributes(init)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Intervention":
         self = super().__new__(cls)
@@ -261,6 +298,7 @@ class Intervention(nn.Module):
         raise IndexError("an intervention is not a sequence; interventions[key] is the intervention itself")
 
 
+Intervention.__init__ = _recording_attributes(Intervention.__init__)  # type: ignore[method-assign]
 resolve_subclasses_of(Intervention)  # third-party interventions are saved by module-qualified name
 
 

@@ -104,8 +104,17 @@ def closest_type(name: str) -> str:
     return closest(name, _REGISTRY, normalise=lambda n: n.lower().removesuffix("intervention"))
 
 
+#: our own intervention classes defined above this layer (imported on first use by name; a fixed
+#: table of this package's modules, never a module a file names)
+_OWN_ELSEWHERE = {"SAEIntervention": "intervenable.saes.intervention"}
+
+
 def get_intervention_class(name: str) -> Type[nn.Module]:
     """The class registered under ``name``, or the loaded class with that module-qualified name."""
+    if name not in _REGISTRY and name in _OWN_ELSEWHERE:
+        import importlib
+
+        importlib.import_module(_OWN_ELSEWHERE[name])  # registers it
     if name in _REGISTRY:
         return _REGISTRY[name]
     if "." in name:

@@ -127,7 +127,7 @@ def build_payload(pv_model: Any, include_model: bool) -> Tuple[Dict[str, Any], D
             "built_from": built_from,
             "init_kwargs": init_kwargs_of(module, key, built_from),
             "init_tensors": init_tensors_of(module) if rep.intervention is not None else [],
-            "attributes": plain_attributes(module),
+            "attributes": plain_attributes(module, key),
             "embed_dim": dim_of(module, "embed_dim"),
             "interchange_dim": dim_of(module, "interchange_dim"),
             "constant_source": isinstance(source, torch.Tensor),

@@ -80,31 +80,46 @@ def init_tensors_of(module: nn.Module) -> List[str]:
     return sorted(n for n, b in module._buffers.items() if b is not None and n != _SOURCE and n in module.state_dict())
 
 
-def plain_attributes(module: nn.Module) -> Dict[str, Any]:
-    """Public instance attributes holding JSON data (seeds, temperatures, partitions, flags)."""
+def plain_attributes(module: nn.Module, where: str = "") -> Dict[str, Any]:
+    """Public instance attributes holding JSON data (seeds, temperatures, partitions, flags).
+
+    An attribute set after construction that is not data (a tensor that is no buffer, an object)
+    cannot be saved: it is named in a warning here, at save time, instead of being lost silently.
+    """
     out: Dict[str, Any] = {}
+    constructed = vars(module).get("_constructed_attributes")
+    lost: List[str] = []
     for name, value in vars(module).items():
-        if name.startswith("_") or name in _SKIP_ATTRIBUTES or not is_jsonable(value):
+        if name.startswith("_") or name in _SKIP_ATTRIBUTES:
+            continue
+        if not is_jsonable(value):
+            if constructed is not None and name not in constructed:
+                lost.append(f"{name} ({type(value).__name__})")
             continue
         out[name] = jsonable(value, name)
+    if lost:
+        from ..errors import warn_user
+
+        warn_user(f"{where or type(module).__name__}: the attribute{'s' if len(lost) > 1 else ''} "
+                  f"{', '.join(lost)} set after construction {'are' if len(lost) > 1 else 'is'} not JSON data, so "
+                  "the file cannot hold and a load cannot restore it. Pass it to the constructor (returned by "
+                  "config_dict()), or register a tensor as a buffer (register_buffer) so that it is saved.")
     return out
 
 
 def restore_attributes(module: nn.Module, attributes: Dict[str, Any]) -> None:
-    """Set saved data attributes that the fresh instance also has as plain data of the same kind."""
+    """Set every saved data attribute on the fresh instance, as it was when saved (attributes set after
+    construction included); a tuple comes back from its JSON list, an int into a float attribute as a float."""
     current = vars(module)
     for name, value in attributes.items():
-        if name not in current or name in _SKIP_ATTRIBUTES or name.startswith("_"):
+        if name in _SKIP_ATTRIBUTES or name.startswith("_"):
             continue
-        old = current[name]
+        old = current.get(name)
         if isinstance(old, tuple) and isinstance(value, list):
             value = tuple(value)
-        if old is None or value is None or type(old) is type(value) or (
-            isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool)
-        ):
-            if old is not None and isinstance(old, float):
-                value = float(value)
-            setattr(module, name, value)
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        setattr(module, name, value)
 
 
 def set_dims(module: nn.Module, embed_dim: Any, interchange_dim: Any) -> None:

@@ -44,6 +44,11 @@ ABSTRACT_COMPONENTS = (
 )
 
 
+#: what the attention / the MLP adds to the residual stream (TransformerLens's hook_attn_out / hook_mlp_out):
+#: the module's own output, unless the family normalises it first and describes these itself (Gemma 2, OLMo 2)
+RESIDUAL_CONTRIBUTIONS = {"attention_residual": "attention_output", "mlp_residual": "mlp_output"}
+
+
 def base_prefix(model: nn.Module, arch: Architecture) -> str:
     """Dotted path (with trailing '.') of the family's base model inside ``model``."""
     for path in arch.base_paths:
@@ -160,6 +165,9 @@ def resolve_component(model: nn.Module, component: str, layer: Any = None, moe_k
     arch = find_architecture(model)
     if arch is not None and component in arch.components:
         return _abstract_site(model, arch, component, arch.components[component], layer, moe_key)
+    same = RESIDUAL_CONTRIBUTIONS.get(component)
+    if arch is not None and same in arch.components:
+        return _abstract_site(model, arch, same, arch.components[same], layer, moe_key)
     try:
         path, hook, module = parse_module_path(model, component)
     except ComponentError as exc:

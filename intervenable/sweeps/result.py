@@ -10,12 +10,15 @@ import torch
 
 from ..errors import InputError
 
-_META_KEYS = ("components", "layers", "positions", "heads", "tokens", "metric", "target", "kind", "subject", "info")
+_META_KEYS = ("components", "layers", "positions", "heads", "tokens", "metric", "target", "kind", "subject", "info",
+              "latents")
 
 
 @dataclass
 class SweepResult:
-    """Scores ``values[component, layer, position(, head)]`` of a patching sweep or causal trace.
+    """Scores ``values[component, layer, position(, head | latent)]`` of a patching sweep or causal trace.
+
+    ``latents``: the SAE latent ids of the last axis of a feature sweep (``pv.feature_patching``).
 
     ``info`` holds the clean and corrupted scores (``clean_score``, ``corrupted_score``), the path
     used (``fast`` or ``general``), the batch size, the number of forwards and the time taken.
@@ -33,11 +36,12 @@ class SweepResult:
     subject: Optional[Tuple[int, int]] = None
     info: Dict[str, Any] = field(default_factory=dict)
     tensors: Dict[str, torch.Tensor] = field(default_factory=dict)
+    latents: Optional[List[int]] = None
 
     # -- reading -----------------------------------------------------------------
     @property
     def axes(self) -> Tuple[str, ...]:
-        return ("component", "layer", "position") + (("head",) if self.heads else ())
+        return ("component", "layer", "position") + (("head",) if self.heads else ("latent",) if self.latents else ())
 
     @property
     def clean_score(self) -> float:
@@ -69,6 +73,8 @@ class SweepResult:
                         "token": self.tokens[idx[1]], "value": value}
                 if self.heads:
                     best["head"] = self.heads[idx[2]]
+                elif self.latents:
+                    best["latent"] = self.latents[idx[2]]
         return best
 
     def summary(self) -> str:
@@ -82,7 +88,8 @@ class SweepResult:
         for comp in self.components:
             b = self.best(comp)
             lines.append(f"  {comp}: best {b['value']:.4f} at layer {b['layer']}, position {b['position']} "
-                         f"({b['token']!r})" + (f", head {b['head']}" if "head" in b else ""))
+                         f"({b['token']!r})" + (f", head {b['head']}" if "head" in b else "")
+                         + (f", latent {b['latent']}" if "latent" in b else ""))
         if "exact" in self.tensors:
             lines += self._verified_lines()
         return "\n".join(lines)
@@ -96,7 +103,8 @@ class SweepResult:
                  f"{float(self.info.get('verify_max_abs_error', float('nan'))):.4f}"]
         for c in cells[:limit]:
             where = (f"{self.components[c[0]]} layer {self.layers[c[1]]}, position {self.positions[c[2]]} "
-                     f"({self.tokens[c[2]]!r})" + (f", head {self.heads[c[3]]}" if self.heads else ""))
+                     f"({self.tokens[c[2]]!r})" + (f", head {self.heads[c[3]]}" if self.heads else "")
+                     + (f", latent {self.latents[c[3]]}" if self.latents else ""))
             lines.append(f"    {where}: estimate {float(self.values[tuple(c)]):.4f}, exact {float(exact[tuple(c)]):.4f}")
         return lines
 
@@ -117,6 +125,8 @@ class SweepResult:
                    "position": self.positions[idx[2]], "token": self.tokens[idx[2]]}
             if self.heads:
                 rec["head"] = self.heads[idx[3]]
+            elif self.latents:
+                rec["latent"] = self.latents[idx[3]]
             rec["value"] = float(self.values[tuple(idx)])
             records.append(rec)
         return pd.DataFrame.from_records(records)
