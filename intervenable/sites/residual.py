@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import ComponentError
 from .paths import get_module
 from .registry import Architecture, LayerStack, find_architecture
-from .resolve import _abstract_site, base_prefix, resolve_component
+from .resolve import base_prefix, resolve_component
 from .site import Site
 
 
@@ -125,9 +125,7 @@ def residual_stream(model: nn.Module) -> ResidualStream:
     prefix = base_prefix(model, arch)
     layers: List[LayerResidual] = []
     for layer in range(int(arch.num_layers(config))):
-        def site(name: str, override=None) -> Site:
-            if override is not None:
-                return _abstract_site(model, arch, name, override, layer, None)
+        def site(name: str) -> Site:
             return resolve_component(model, name, layer)
 
         def norm(template: str) -> Optional[nn.Module]:
@@ -143,7 +141,7 @@ def residual_stream(model: nn.Module) -> ResidualStream:
         heads = site("head_attention_value_output")
         layers.append(LayerResidual(
             layer=layer, stream=site("block_input"), output=site("block_output"),
-            attention=site("attention_output", res.attention), mlp=site("mlp_output", res.mlp),
+            attention=site("attention_residual"), mlp=site("mlp_residual"),
             heads=heads, out_proj=heads.module,
             attention_norm=norm(res.attention_norm), mlp_norm=norm(res.mlp_norm),
         ))

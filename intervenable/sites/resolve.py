@@ -44,9 +44,17 @@ ABSTRACT_COMPONENTS = (
 )
 
 
-#: what the attention / the MLP adds to the residual stream (TransformerLens's hook_attn_out / hook_mlp_out):
-#: the module's own output, unless the family normalises it first and describes these itself (Gemma 2, OLMo 2)
+#: What the attention / the MLP adds to the residual stream (TransformerLens's hook_attn_out / hook_mlp_out):
+#: the family's ``Residual`` writer when its stack describes one (Gemma2 and OLMo2 norm the sublayers'
+#: outputs first), else the module's own output.
 RESIDUAL_CONTRIBUTIONS = {"attention_residual": "attention_output", "mlp_residual": "mlp_output"}
+
+
+def _residual_writer(arch: Architecture, component: str) -> Optional[Component]:
+    res = arch.stack.residual if arch.stack is not None else None
+    if res is None:
+        return None
+    return res.attention if component == "attention_residual" else res.mlp
 
 
 def base_prefix(model: nn.Module, arch: Architecture) -> str:
@@ -166,8 +174,12 @@ def resolve_component(model: nn.Module, component: str, layer: Any = None, moe_k
     if arch is not None and component in arch.components:
         return _abstract_site(model, arch, component, arch.components[component], layer, moe_key)
     same = RESIDUAL_CONTRIBUTIONS.get(component)
-    if arch is not None and same in arch.components:
-        return _abstract_site(model, arch, same, arch.components[same], layer, moe_key)
+    if arch is not None and same is not None:
+        writer = _residual_writer(arch, component)
+        if writer is not None:
+            return _abstract_site(model, arch, component, writer, layer, moe_key)
+        if same in arch.components:
+            return _abstract_site(model, arch, same, arch.components[same], layer, moe_key)
     try:
         path, hook, module = parse_module_path(model, component)
     except ComponentError as exc:

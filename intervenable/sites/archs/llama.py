@@ -36,17 +36,6 @@ def llama_components(root: str = "layers.{layer}", cfg: Optional[ConfigFn] = Non
     return table
 
 
-#: Gemma2 and OLMo2 normalise the attention's and the MLP's outputs before adding them to the residual
-#: stream: what they add (``*_residual``, TransformerLens's hook_attn_out / hook_mlp_out) is the norm's output.
-_POST_NORMED = ("gemma2", "olmo2")
-
-
-def post_norm_components(root: str = "layers.{layer}", cfg: Optional[ConfigFn] = None, **extra: Any) -> Dict[str, Component]:
-    hid = on(hidden_size, cfg)
-    return {"attention_residual": out(root + ".post_attention_layernorm", hid, **extra),
-            "mlp_residual": out(root + ".post_feedforward_layernorm", hid, **extra)}
-
-
 #: The fast sweep path's stack: rotary position embeddings from ``model.rotary_emb``, the final
 #: ``norm``, sliding windows from the config (Mistral, Qwen2 with ``use_sliding_window``, Gemma2's
 #: alternating layers), Gemma2's final logit soft-capping (``final_logit_softcapping``; None for the
@@ -84,7 +73,7 @@ for _name, (_desc, _types) in _FAMILIES.items():
             name=_name,
             model_types=_types,
             num_layers=num_layers,
-            components={**llama_components(), **(post_norm_components() if _name in _POST_NORMED else {})},
+            components=llama_components(),
             description=_desc,
             stack=_STACKS.get(_name, LLAMA_STACK),
         )
