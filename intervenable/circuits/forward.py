@@ -22,7 +22,7 @@ model's forward exactly. Hook points, all from the family's residual description
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -139,7 +139,9 @@ class EdgeRun:
     """Hooks for one forward of ``rows`` copies; ``run(ids)`` returns the last position's logits."""
 
     def __init__(self, model: nn.Module, wiring: Wiring, *, injection: Optional[Injection] = None,
-                 probes: bool = False, record: bool = False, input_value: Optional[torch.Tensor] = None) -> None:
+                 probes: Union[bool, FrozenSet[int]] = False, record: bool = False,
+                 input_value: Optional[torch.Tensor] = None) -> None:
+        """``probes``: True for a gradient probe on every receiver, or the set of receivers to probe."""
         self.model, self.w, self.lay = model, wiring, wiring.layout
         self.injection, self.want_probes, self.record = injection, probes, record
         self.input_value = input_value
@@ -171,14 +173,15 @@ class EdgeRun:
     def _shift(self, receivers: List[int], x: torch.Tensor, key: Any) -> Optional[torch.Tensor]:
         """``x[:, :, None] + D (+ probe)`` for ``receivers`` ``[R, T, K, d]``, or None when none changes."""
         active = self.injection.active(receivers) if self.injection is not None else []
-        if self.want_probes:
+        probed = self.want_probes is True or any(r in self.want_probes for r in receivers) if self.want_probes else False
+        if probed:
             active = receivers
         if not active:
             return None
         out = x.unsqueeze(2).expand(-1, -1, len(active), -1)
         if self.injection is not None and self.injection.active(active):
             out = out + self.injection.deltas(active, self).to(x.dtype)
-        if self.want_probes:
+        if probed:
             probe = torch.zeros_like(out, requires_grad=True)
             self.probes[key] = probe
             out = out + probe
@@ -323,16 +326,18 @@ class EdgeRun:
         lay = self.lay
         keys = [k for k in ([("heads", l) for l in range(lay.n_layers)] + [("mlp", l) for l in range(lay.n_layers)]
                             + [("logits",)])]
-        missing = [k for k in keys if k not in self.probes]
+        missing = [k for k in keys if k not in self.probes] if self.want_probes is True else []
         if missing:
             raise ComponentError(f"The receivers {missing} were never reached by the forward pass: the residual "
                                  "description does not match the model's forward.")
-        grads = torch.autograd.grad(total, [self.probes[k] for k in keys], allow_unused=True)
-        g = dict(zip(keys, grads))
+        present = [k for k in keys if k in self.probes]
+        grads = dict(zip(present, torch.autograd.grad(total, [self.probes[k] for k in present], allow_unused=True)))
+        some = self.probes[present[0]]
+        R, T, d = some.shape[0], some.shape[1], some.shape[-1]
         parts = []
-        for l in range(lay.n_layers):
-            for key in (("heads", l), ("mlp", l)):
-                gk = g[key]
-                parts.append(torch.zeros_like(self.probes[key]) if gk is None else gk)
-        parts.append(g[("logits",)] if g[("logits",)] is not None else torch.zeros_like(self.probes[("logits",)]))
-        return torch.cat([p.detach() for p in parts], 2)
+        for key in keys:
+            width = len(lay.letters) * lay.n_heads if key[0] == "heads" else 1
+            g = grads.get(key)
+            parts.append(some.new_zeros(R, T, width, d) if g is None else g.detach())
+        order = [x for l in range(lay.n_layers) for x in (parts[l], parts[lay.n_layers + l])] + [parts[-1]]
+        return torch.cat(order, 2)

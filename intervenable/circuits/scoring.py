@@ -12,6 +12,11 @@ output for ``ablation="patch"``, its mean over the prompts for ``"mean"``, zero 
   MLP), ``g_v`` averaged over ``steps`` points where that group's outputs move from base to ablated
   as all receivers read them (``(2 L + 1) steps`` rows; EAP-IG averages every group's gradients over
   all edges instead, we keep each group's own);
+* ``eap-ig-blocks``: the same, but each group's outputs move only as one layer's receivers read them,
+  so the edges of each block (group -> layer) get the gradients of their own path (about
+  ``L^2 steps`` rows: it grows with the layers, not with the edges). The estimate closest to exact
+  edge patching (docs/circuits.md: rank correlation 0.91-0.94 on the demo model, 0.82-0.86 for
+  ``eap-ig-activations`` and ``eap``, 0.63-0.70 for ``eap-ig-inputs``);
 * ``exact``: the change in the metric when only that edge carries ``u_s`` instead of ``u_b``
   (``v`` reads ``stream + u_s - u_b``, nothing else changes); one batch row per edge and prompt.
 
@@ -33,7 +38,7 @@ from .data import Pair, by_length, prompt_pairs, row_scores
 from .forward import EdgeRun, RowDeltas, Wiring, wire
 from .graph import GraphLayout, layout_of
 
-METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "exact")
+METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "eap-ig-blocks", "exact")
 ABLATIONS = ("patch", "mean", "zero")
 DEFAULT_STEPS = 8
 ROW_TOKENS = 4096  # tokens per forward of exact edge patching (gradient runs: a quarter of it)
@@ -179,7 +184,7 @@ def gradient_scores(setup: Setup, method: str, steps: int, batch_size: Optional[
     matrix = torch.zeros(lay.n_forward, lay.n_receivers, dtype=torch.float64)
     forwards = 0
     alphas = ((torch.arange(steps, dtype=torch.float64) + 0.5) / steps).tolist()
-    groups = _node_groups(lay)
+    blocks = _blocks(lay, method)
     for T, idx in setup.groups.items():
         deltas = {i: setup.delta(i).to(setup.device) for i in idx}
         if method == "eap":
@@ -187,12 +192,15 @@ def gradient_scores(setup: Setup, method: str, steps: int, batch_size: Optional[
         elif method == "eap-ig-inputs":
             jobs = [(i, a, -1) for i in idx for a in alphas]
         else:
-            jobs = [(i, a, g) for i in idx for g in range(len(groups)) for a in alphas]
+            jobs = [(i, a, b) for i in idx for b in range(len(blocks)) for a in alphas]
         size = _rows(batch_size, T, 4 * lay.per_layer if lay.qkv else lay.per_layer)
-        for start in range(0, len(jobs), size):
-            chunk = jobs[start:start + size]
+        probed: Dict[Any, List[Tuple[int, float, int]]] = {}  # rows probing the same receivers share forwards
+        for job in jobs:
+            probed.setdefault(blocks[job[2]][3] if method == "eap-ig-blocks" else True, []).append(job)
+        chunks = [(key, part[s:s + size]) for key, part in probed.items() for s in range(0, len(part), size)]
+        for key, chunk in chunks:
             pair_of = [i for i, _, _ in chunk]
-            run = _gradient_run(setup, method, chunk, deltas, groups, T)
+            run = _gradient_run(setup, method, chunk, deltas, blocks, T, key)
             total = row_scores(setup.pairs, pair_of, run.run(setup.ids(pair_of))).sum()
             grads = run.probe_grads(total).double()  # [rows, T, R, d]
             forwards += 1
@@ -200,10 +208,8 @@ def gradient_scores(setup: Setup, method: str, steps: int, batch_size: Optional[
                 rows = [k for k, job in enumerate(chunk) if job[2] == g]
                 diff = torch.stack([deltas[chunk[k][0]] for k in rows]).double()  # [rows, T, N, d]
                 part = torch.einsum("btnd,btrd->nr", diff, grads[rows])
-                if g >= 0:  # eap-ig-activations: only the edges out of the moved group
-                    keep = torch.zeros(lay.n_forward, 1, dtype=torch.float64)
-                    keep[groups[g]] = 1.0
-                    part = part * keep.to(part)
+                if g >= 0:  # eap-ig-activations / -blocks: only the edges of the moved block
+                    part = part * blocks[g][2].to(part)
                 matrix += part.cpu()
     matrix = matrix * lay.real / len(setup.pairs)
     if method != "eap":
@@ -220,8 +226,28 @@ def _node_groups(lay: GraphLayout) -> List[List[int]]:
     return out
 
 
+def _blocks(lay: GraphLayout, method: str) -> List[Tuple[List[int], torch.Tensor, torch.Tensor, Any]]:
+    """The interpolation blocks: (group nodes, receivers they move at [n_receivers] 0/1, edge mask
+    [n_forward, n_receivers], the receivers to probe). ``eap-ig-activations``: a group read by every later receiver;
+    ``eap-ig-blocks``: a group read by one layer's receivers (the logits: a layer of their own)."""
+    if not method.startswith("eap-ig-") or method == "eap-ig-inputs":
+        return []
+    out = []
+    for group in _node_groups(lay):
+        after = lay.upstream > max(group)
+        layers = [after] if method == "eap-ig-activations" else [
+            after & (torch.arange(lay.n_receivers) // lay.per_layer == l) for l in range(lay.n_layers + 1)]
+        for recv in layers:
+            if not bool(recv.any()):
+                continue
+            edges = torch.zeros(lay.n_forward, lay.n_receivers, dtype=torch.float64)
+            edges[group] = recv.double()
+            out.append((group, recv.float(), edges, frozenset(torch.nonzero(recv).flatten().tolist())))
+    return out
+
+
 def _gradient_run(setup: Setup, method: str, chunk: List[Tuple[int, float, int]], deltas: Dict[int, torch.Tensor],
-                  groups: List[List[int]], T: int) -> EdgeRun:
+                  blocks: List[Tuple[List[int], torch.Tensor, torch.Tensor, Any]], T: int, probes: Any = True) -> EdgeRun:
     lay = setup.layout
     if method == "eap":
         return EdgeRun(setup.model, setup.wiring, probes=True)
@@ -229,8 +255,6 @@ def _gradient_run(setup: Setup, method: str, chunk: List[Tuple[int, float, int]]
         start = torch.stack([setup.base[i][:, 0] for i, _, _ in chunk]).to(setup.device)
         move = torch.stack([deltas[i][:, 0] * a for i, a, _ in chunk])
         return EdgeRun(setup.model, setup.wiring, probes=True, input_value=start + move)
-    delta = torch.stack([deltas[i][:, groups[g]].sum(1).expand(T, -1) for i, _, g in chunk])
-    coef = torch.zeros(len(chunk), lay.n_receivers, device=setup.device)
-    for k, (_, a, g) in enumerate(chunk):
-        coef[k] = a * (lay.upstream > max(groups[g])).to(coef)
-    return EdgeRun(setup.model, setup.wiring, probes=True, injection=RowDeltas(delta, coef))
+    delta = torch.stack([deltas[i][:, blocks[b][0]].sum(1) for i, _, b in chunk])
+    coef = torch.stack([a * blocks[b][1] for _, a, b in chunk]).to(setup.device)
+    return EdgeRun(setup.model, setup.wiring, probes=probes, injection=RowDeltas(delta, coef))
