@@ -21,7 +21,7 @@ model's forward exactly. Hook points, all from the family's residual description
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
@@ -58,6 +58,7 @@ class Wiring:
     layers: Tuple[LayerWiring, ...]
     stream0: Site
     final: nn.Module
+    linear: Dict[int, torch.Tensor] = field(default_factory=dict)  # projections' linear parts, per call
 
 
 def wire(model: nn.Module, layout: GraphLayout) -> Wiring:
@@ -86,6 +87,25 @@ def wire(model: nn.Module, layout: GraphLayout) -> Wiring:
     ro = stream.readout
     final = ro.final[0] if ro.final else ro.head[0]
     return Wiring(layout, tuple(layers), stream.layers[0].stream, final)
+
+
+def linear_part(module: nn.Module, cache: Dict[int, torch.Tensor], width: int, like: torch.Tensor) -> torch.Tensor:
+    """``[1, width, out]``: the linear part of an affine projection (``module(e_i) - module(0)`` per basis
+    vector), computed once per call and checked on a random input (ComponentError if not affine)."""
+    key = id(module)
+    if key not in cache:
+        with torch.no_grad():
+            eye = torch.eye(width, dtype=like.dtype, device=like.device).unsqueeze(0)
+            zero = module.forward(torch.zeros(1, 1, width, dtype=like.dtype, device=like.device))
+            J = module.forward(eye) - zero
+            probe = torch.randn(1, 3, width, generator=torch.Generator().manual_seed(0)).to(like)
+            want = module.forward(probe)
+            got = zero + probe @ J[0]
+            if not torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()) + 1e-6):
+                raise ComponentError(f"{type(module).__name__} is not an affine projection, so a head's input cannot be "
+                                     "split through it; circuits need linear q / k / v and output projections.")
+        cache[key] = J
+    return cache[key]
 
 
 class Injection:
@@ -204,37 +224,40 @@ class EdgeRun:
         return pre
 
     def _layer_split(self, lw: LayerWiring):
+        """For the layer's changed head receivers: (letters, heads, ``norm(x + D + probe) - norm(x)``)."""
         if lw.layer not in self._split:
             lay = self.lay
             start = lw.layer * lay.per_layer
             receivers = list(range(start, start + lay.per_layer - 1))
-            shifted = self._shift(receivers, self._xa[lw.layer], ("heads", lw.layer))
+            x = self._xa[lw.layer]
+            shifted = self._shift(receivers, x, ("heads", lw.layer))
             if shifted is None:
                 self._split[lw.layer] = None
             else:
-                active, x = shifted
+                active, copies = shifted
                 local = [r - start for r in active]
                 letters = [lay.letters[i // lay.n_heads] for i in local]
                 heads = [i % lay.n_heads for i in local]
-                self._split[lw.layer] = (letters, heads, lw.attn_norm.forward(x), {})
+                change = lw.attn_norm.forward(copies) - lw.attn_norm.forward(x).unsqueeze(2)
+                self._split[lw.layer] = (letters, heads, change)
                 if lw.group > 1:
                     owner, name = lw.kv_groups
                     setattr(owner, name, 1)
         return self._split[lw.layer]
 
     def _projection_hook(self, lw: LayerWiring, module: nn.Module, letter_sites: Tuple[Tuple[str, Site], ...]):
+        """Each changed receiver's head (and letter) slice of the projection output moves by the projection's
+        linear part applied to its copy's change of the normed input (the projections are affine)."""
         first = letter_sites[0][1]
 
         def post(mod, args, kwargs, output):
             split = self._layer_split(lw)
             if split is None:
                 return None
-            letters, heads, normed, cache = split
+            letters, heads, change = split
             full = extract(first, output)
             R, T = full.shape[0], full.shape[1]
-            if id(module) not in cache:
-                cache[id(module)] = module.forward(normed)  # [R, T, K, W]; .forward: no hooks re-entered
-            copies = cache[id(module)]
+            J = linear_part(module, self.w.linear, change.shape[-1], full)  # [1, d, W]
             for letter, site in letter_sites:
                 ks = [i for i, l in enumerate(letters) if l in ("", letter)]
                 view = site.to_view(full)
@@ -246,13 +269,10 @@ class EdgeRun:
                     view = view.clone()
                     out_site = site
                 if ks:
-                    sub = copies[:, :, ks]
-                    W = sub.shape[-1]
-                    v5 = site.to_view(sub.permute(0, 2, 1, 3).reshape(R * len(ks), T, W))
-                    v5 = v5.reshape(R, len(ks), *v5.shape[1:])  # [R, K, Hs, T, hd]
                     h = torch.tensor([heads[i] for i in ks], device=full.device)
-                    picked = v5[:, torch.arange(len(ks), device=full.device), h // group]  # [R, K, T, hd]
-                    view[:, h] = picked.to(view.dtype)
+                    cols = site.to_view(J)[0, h // group]  # [K, d, hd]: each copy's head columns
+                    moved = torch.einsum("btkd,kdc->bktc", change[:, :, ks].to(cols.dtype), cols)
+                    view[:, h] = view[:, h] + moved.to(view.dtype)
                 full = out_site.from_view(full, view) if group == 1 else out_site.from_view(
                     full.new_empty(R, T, view.shape[1] * view.shape[-1]), view)
             return replace_value(first, output, full)
@@ -265,11 +285,9 @@ class EdgeRun:
             z = read_input(lw.heads, args, kwargs).detach()
             H = self.lay.n_heads
             R, T, W = z.shape
-            blocks = z.new_zeros(R, T, H, H, W // H)
-            idx = torch.arange(H, device=z.device)
-            blocks[:, :, idx, idx] = z.view(R, T, H, W // H)
             with torch.no_grad():
-                outs = lw.out_proj.forward(blocks.view(R, T, H, W)) - lw.out_proj.forward(z.new_zeros(1, 1, W))
+                J = linear_part(lw.out_proj, self.w.linear, W, z)[0].view(H, W // H, -1)  # [H, hd, d]
+                outs = torch.einsum("bthc,hcd->bthd", z.view(R, T, H, W // H), J)
             self._node(self.lay.head_node(lw.layer, 0), outs)
             return None
         return pre
