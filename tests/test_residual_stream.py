@@ -118,7 +118,7 @@ def test_grouped_query_and_post_norm_descriptions(family: str) -> None:
     kv = getattr(config, "num_key_value_heads", None) or heads
     for lr in stream.layers:
         if lr.kv_groups is None:
-            assert family in ("gpt2", "phi", "phi3", "gpt_neox", "gpt_neox_serial", "gpt_neo", "gptj"), family
+            assert family in ("gpt2", "phi3", "gpt_neox", "gpt_neox_serial", "gpt_neo", "gptj"), family
             continue
         owner, name = lr.kv_groups
         assert getattr(owner, name) == heads // kv

@@ -55,6 +55,7 @@ class Setup:
         self.base: Dict[int, torch.Tensor] = {}  # pair -> [T, N, d]
         self.abl: Dict[int, torch.Tensor] = {}  # pair -> [T, N, d] (mean / zero: broadcast [1, N, d])
         self.base_score: Dict[int, float] = {}
+        self.info_forwards = 0  # forwards run by exact edge patching
         sources: Dict[int, torch.Tensor] = {}
         with torch.no_grad():
             for idx in self.groups.values():
@@ -156,7 +157,6 @@ def exact_scores(setup: Setup, edges: torch.Tensor, batch_size: Optional[int] = 
     that edge reading the ablation value, minus the base metric. One row per (edge, pair)."""
     lay = setup.layout
     total = torch.zeros(len(edges), dtype=torch.float64)
-    setup.info_forwards = getattr(setup, "info_forwards", 0)
     with torch.no_grad():
         for T, idx in setup.groups.items():
             deltas = {i: setup.delta(i).to(setup.device) for i in idx}
