@@ -118,8 +118,8 @@ class GraphLayout:
 
     @cached_property
     def edge_index(self) -> torch.Tensor:
-        """``[n_edges, 2]`` (node, receiver) pairs, in EAP-IG's order (layer by layer, receivers' sources in
-        forward order)."""
+        """``[n_edges, 2]`` (node, receiver) pairs, receiver by receiver (in receiver order), each receiver's
+        sources in forward order."""
         recv, node = torch.nonzero(self.real.T, as_tuple=True)
         return torch.stack([node, recv], 1)
 
