@@ -166,3 +166,19 @@ def test_bad_arguments_name_the_fix():
         edge_attribution_patching(model, [BASE, BASE], [SOURCE], **kw)
     with pytest.raises(InputError, match="foil"):
         edge_attribution_patching(model, BASE, SOURCE, target=TARGET)
+
+
+def test_data_rows_are_the_same_pairs_as_lists():
+    """faithfulness(model, circuit, data): rows with base / source / target / foil read as the list form."""
+    from intervenable import faithfulness
+
+    model, _ = _gpt2()
+    other_b, other_s = torch.tensor([[7, 1, 4, 8, 23, 9]]), torch.tensor([[7, 2, 4, 9, 23, 9]])
+    circuit = edge_attribution_patching(model, [BASE, other_b], [SOURCE, other_s], target=[TARGET, 5],
+                                        foil=[FOIL, 6], method="eap")
+    rows = [{"base": BASE, "source": SOURCE, "target": TARGET, "foil": FOIL},
+            {"base": other_b, "source": other_s, "target": 5, "foil": 6}]
+    a = faithfulness(model, circuit, rows, sizes=[5, 30], random_baseline=False)
+    b = faithfulness(model, circuit, [BASE, other_b], [SOURCE, other_s], target=[TARGET, 5], foil=[FOIL, 6],
+                     sizes=[5, 30], random_baseline=False)
+    assert a.faithfulness == b.faithfulness and a.full == b.full and a.empty == b.empty
