@@ -102,7 +102,9 @@ def edge_attribution_patching(model: nn.Module, base: Any, source: Any = None, t
     ``"eap-ig-inputs"``, ``"eap-ig-activations"`` (``steps``, default 8) or ``"exact"``. ``qkv=True`` splits
     each head's input into query, key and value receivers. ``verify=k`` reruns the ``k`` edges with the
     largest ``|score|`` exactly (``circuit.exact``, ``info["verify_max_abs_error"]``). Returns a ``Circuit``
-    holding every edge. Parameters are frozen meanwhile and left as found; no hook is left behind.
+    holding every edge. ``batch_size``: rows per forward (default: about 4,096 tokens per forward for exact
+    patching, fewer for the gradient methods, whose rows also hold the receivers' probes). Parameters are
+    frozen meanwhile and left as found; no hook is left behind.
     """
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
