@@ -121,7 +121,7 @@ def test_parallel_residual_mlp_reads_only_earlier_layers():
     assert abs(scores["m0->m1"] - (patched - base)) < 2e-5
 
 
-@pytest.mark.parametrize("build", [_gpt2, lambda: _llama(kv=4)], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("build", [_gpt2, lambda: _llama(kv=4), _llama], ids=["gpt2", "llama", "llama_gqa"])
 def test_eap_equals_the_first_order_estimate(build):
     model, Hand = build()
     hand = Hand(model)
