@@ -56,6 +56,7 @@ _EXPORTS: Dict[str, Tuple[str, ...]] = {
                "resolve_component"),
     ".sweeps": ("SweepResult", "attribution_patching", "causal_trace", "patching_sweep"),
     ".saes": ("SAE", "SAEIntervention", "feature_attribution", "feature_patching", "load_sae"),
+    ".circuits": ("Circuit", "FaithfulnessResult", "edge_attribution_patching", "faithfulness"),
     ".training": ("eval_alignment", "train_alignment"),
 }
 
@@ -83,5 +84,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .sites.archs.mixtral import split_experts  # noqa: F401
     from .sweeps import SweepResult, attribution_patching, causal_trace, patching_sweep  # noqa: F401
     from .saes import SAE, SAEIntervention, feature_attribution, feature_patching, load_sae  # noqa: F401
+    from .circuits import Circuit, FaithfulnessResult, edge_attribution_patching, faithfulness  # noqa: F401
     from .training import eval_alignment, train_alignment  # noqa: F401
     from .type_mappings import type_to_dimension_mapping, type_to_module_mapping  # noqa: F401

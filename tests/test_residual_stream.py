@@ -104,3 +104,22 @@ def test_a_model_without_a_head_has_no_readout() -> None:
     model = T.GPT2Model(T.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=8))
     with pytest.raises(ComponentError, match="no output head"):
         readout(model)
+
+
+@pytest.mark.parametrize("family", DESCRIBED)
+def test_grouped_query_and_post_norm_descriptions(family: str) -> None:
+    """``kv_groups`` names the attention's attribute holding query heads per key/value head (what the
+    model's own attention reads); ``sublayer_norms`` marks the families that norm sublayer outputs."""
+    model, _ = FAMILIES[family]()
+    stream = residual_stream(model)
+    assert stream.sublayer_norms == (family in ("gemma2", "olmo2"))
+    config = model.config
+    heads = config.num_attention_heads if hasattr(config, "num_attention_heads") else config.n_head
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    for lr in stream.layers:
+        if lr.kv_groups is None:
+            assert family in ("gpt2", "phi3", "gpt_neox", "gpt_neox_serial", "gpt_neo", "gptj"), family
+            continue
+        owner, name = lr.kv_groups
+        assert getattr(owner, name) == heads // kv
+        assert any(m is lr.out_proj for m in owner.modules())  # the attention module of this layer

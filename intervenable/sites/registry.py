@@ -63,6 +63,10 @@ them). ``attention_norm`` / ``mlp_norm`` name the norm between the stream and ea
 the sublayer reads the stream itself, as OLMo2's do). The attention output projection is the module of
 the family's ``head_attention_value_output`` (its input: the heads' value mixes, concatenated).
 ``unsupported(config)`` gives the reason when a variant does not decompose (post-norm OPT).
+``sublayer_norms`` marks families whose sublayer outputs are normed before they are added (per-head
+contributions are then not additive); ``kv_groups`` names the attention module's attribute that holds
+the query heads per key/value head (``layers.{layer}.self_attn.num_key_value_groups``), which circuits
+set to 1 while they give each query head its own keys and values (ungrouped grouped-query attention).
 """
 from __future__ import annotations
 
@@ -117,6 +121,12 @@ class Residual:
     mlp_norm: str = ""  # path template of the norm between the stream and the MLP ("": none)
     parallel: Callable[[Any], bool] = _never
     unsupported: Optional[Callable[[Any], str]] = None
+    #: the sublayers' outputs pass through a norm before they are added (Gemma2, OLMo2), so the
+    #: attention's addition is not the sum of its heads' output-projection terms
+    sublayer_norms: bool = False
+    #: path template of the attention module's attribute holding the query heads per key/value head
+    #: (grouped-query attention): circuits set it to 1 while they feed one key/value per query head
+    kv_groups: str = ""
 
 
 @dataclass(frozen=True)

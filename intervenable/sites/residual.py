@@ -62,6 +62,9 @@ class LayerResidual:
     out_proj: nn.Module  # the attention output projection (heads' value mixes -> width)
     attention_norm: Optional[nn.Module]  # the norm between the stream and the attention (None: none)
     mlp_norm: Optional[nn.Module]  # the norm between the stream and the MLP (None: none)
+    #: (attention module, attribute) holding the query heads per key/value head (grouped-query
+    #: attention, from ``Residual.kv_groups``); None when the family describes none
+    kv_groups: Optional[Tuple[nn.Module, str]] = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class ResidualStream:
     layers: Tuple[LayerResidual, ...]
     parallel: bool
     readout: Readout
+    #: the sublayers' outputs are normed before they are added (Gemma2, OLMo2): not a sum of per-head terms
+    sublayer_norms: bool = False
 
 
 def _describe(model: nn.Module) -> Tuple[Architecture, LayerStack]:
@@ -138,11 +143,23 @@ def residual_stream(model: nn.Module) -> ResidualStream:
                                      f"which {type(model).__name__} does not have.")
             return module
 
+        def attribute(template: str) -> Optional[Tuple[nn.Module, str]]:
+            if not template:
+                return None
+            owner, _, name = (prefix + template.format(layer=layer)).rpartition(".")
+            module = get_module(model, owner)
+            if not isinstance(module, nn.Module) or not hasattr(module, name):
+                raise ComponentError(f"The {arch.name!r} residual description names attribute {owner}.{name}, "
+                                     f"which {type(model).__name__} does not have.")
+            return module, name
+
         heads = site("head_attention_value_output")
         layers.append(LayerResidual(
             layer=layer, stream=site("block_input"), output=site("block_output"),
             attention=site("attention_residual"), mlp=site("mlp_residual"),
             heads=heads, out_proj=heads.module,
             attention_norm=norm(res.attention_norm), mlp_norm=norm(res.mlp_norm),
+            kv_groups=attribute(res.kv_groups),
         ))
-    return ResidualStream(arch.name, tuple(layers), bool(res.parallel(config)), readout(model))
+    return ResidualStream(arch.name, tuple(layers), bool(res.parallel(config)), readout(model),
+                          sublayer_norms=bool(res.sublayer_norms))

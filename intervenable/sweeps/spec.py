@@ -253,7 +253,14 @@ def token_text(tid: Optional[int], tokenizer: Any = None) -> Optional[str]:
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two equally shaped tensors (ties broken by order), e.g. estimate vs exact."""
+    """Spearman rank correlation of two equally shaped tensors (ties broken by order), e.g. estimate vs exact.
+
+    A constant input has no ranking: ``InputError`` rather than a meaningless value."""
+    for name, x in (("first", a), ("second", b)):
+        if x.numel() < 2 or bool((x.flatten() == x.flatten()[0]).all()):
+            raise InputError(f"The {name} input of spearman is constant ({x.numel()} values): a rank correlation "
+                             "needs values that differ.")
+
     def ranks(x: torch.Tensor) -> torch.Tensor:
         x = x.flatten().double()
         r = torch.empty_like(x)

@@ -43,17 +43,20 @@ def llama_components(root: str = "layers.{layer}", cfg: Optional[ConfigFn] = Non
 LLAMA_STACK = LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window,
                          logit_softcap=config_value("final_logit_softcapping"),
                          residual=Residual(attention_norm="layers.{layer}.input_layernorm",
-                                           mlp_norm="layers.{layer}.post_attention_layernorm"))
+                                           mlp_norm="layers.{layer}.post_attention_layernorm",
+                                           kv_groups="layers.{layer}.self_attn.num_key_value_groups"))
 #: Gemma2 norms each sublayer's output before adding it (post_attention_layernorm,
 #: post_feedforward_layernorm) and reads the MLP's input through pre_feedforward_layernorm.
 GEMMA2_STACK = replace(LLAMA_STACK, residual=Residual(
     attention=out("layers.{layer}.post_attention_layernorm", hidden_size),
     mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size),
-    attention_norm="layers.{layer}.input_layernorm", mlp_norm="layers.{layer}.pre_feedforward_layernorm"))
+    attention_norm="layers.{layer}.input_layernorm", mlp_norm="layers.{layer}.pre_feedforward_layernorm",
+    sublayer_norms=True, kv_groups="layers.{layer}.self_attn.num_key_value_groups"))
 #: OLMo2 reads the stream itself and norms each sublayer's output before adding it.
 OLMO2_STACK = replace(LLAMA_STACK, residual=Residual(
     attention=out("layers.{layer}.post_attention_layernorm", hidden_size),
-    mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size)))
+    mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size), sublayer_norms=True,
+    kv_groups="layers.{layer}.self_attn.num_key_value_groups"))
 _STACKS = {"gemma2": GEMMA2_STACK, "olmo2": OLMO2_STACK}
 
 _FAMILIES = {

@@ -28,7 +28,8 @@ PHI = register_architecture(
         # Attention and MLP both read input_layernorm of the block input.
         stack=LayerStack(final=("final_layernorm",), rotary="rotary_emb",
                          residual=Residual(attention_norm=_L + ".input_layernorm", mlp_norm=_L + ".input_layernorm",
-                                           parallel=lambda c: True)),
+                                           parallel=lambda c: True,
+                                           kv_groups=_L + ".self_attn.num_key_value_groups")),
     )
 )
 

@@ -1,0 +1,187 @@
+"""Hand-written edge patches for the circuit tests: plain torch hooks on the transformers modules.
+
+Node outputs are read by hand (a head's output is its slice of the output projection's input times
+its columns of the projection's weight, bias excluded; an MLP's output is the MLP module's output;
+``input`` is what enters layer 0), and a receiver gets ``delta`` added to the stream it reads, its
+norm recomputed by hand, nothing else changed. LLaMA's heads are recomputed by hand (rotary, causal
+softmax) so that one query head can get its own keys or values under grouped-query attention.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+Metric = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _run(model, ids, hooks: List) -> torch.Tensor:
+    try:
+        return model(input_ids=ids, use_cache=False).logits[:, -1]
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _arg0(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_arg0(args, kwargs, new):
+    if args:
+        return (new,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+
+def _parse(receiver: str):
+    """'a1.h2<k>' -> ('head', 1, 2, 'k'); 'a1.h2' -> ('head', 1, 2, 'qkv'); 'm1' -> ('mlp', 1); 'logits'."""
+    if receiver == "logits":
+        return ("logits",)
+    if receiver.startswith("m"):
+        return ("mlp", int(receiver[1:]))
+    name, _, letter = receiver.partition("<")
+    layer, head = name.split(".")
+    return ("head", int(layer[1:]), int(head[1:]), letter.rstrip(">") or "qkv")
+
+
+class Gpt2Hand:
+    def __init__(self, model) -> None:
+        self.m, self.tr = model, model.transformer
+        c = model.config
+        self.d, self.H = c.n_embd, c.n_head
+        self.hd = self.d // self.H
+
+    def outputs(self, ids) -> Dict[str, torch.Tensor]:
+        seen: Dict[str, torch.Tensor] = {}
+        hooks = [self.tr.h[0].register_forward_pre_hook(
+            lambda m, a, k: seen.__setitem__("input", _arg0(a, k)[0].detach()), with_kwargs=True)]
+        for l, block in enumerate(self.tr.h):
+            hooks.append(block.attn.c_proj.register_forward_pre_hook(lambda m, a, l=l: seen.__setitem__(f"z{l}", a[0][0].detach())))
+            hooks.append(block.mlp.register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(f"m{l}", o[0].detach())))
+        with torch.no_grad():
+            _run(self.m, ids, hooks)
+            return self._split(seen)
+
+    def _split(self, seen: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        out = {"input": seen["input"]}
+        for l, block in enumerate(self.tr.h):
+            W = block.attn.c_proj.weight  # Conv1D: [in, out]
+            z = seen.pop(f"z{l}")
+            for h in range(self.H):
+                s = slice(h * self.hd, (h + 1) * self.hd)
+                out[f"a{l}.h{h}"] = z[:, s] @ W[s]
+            out[f"m{l}"] = seen[f"m{l}"]
+        return out
+
+    def patched(self, ids, receiver: str, delta: torch.Tensor, probe: bool = False):
+        """Last-position logits with ``delta`` ``[T, d]`` added to the stream ``receiver`` reads."""
+        kind = _parse(receiver)
+        hooks, store = [], {}
+        if kind[0] == "logits":
+            hooks.append(self.tr.ln_f.register_forward_pre_hook(lambda m, a: (a[0] + delta,)))
+        elif kind[0] == "mlp":
+            block = self.tr.h[kind[1]]
+            ln = block.ln_2
+            hooks.append(ln.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0])))
+            hooks.append(block.mlp.register_forward_pre_hook(lambda m, a: (
+                F.layer_norm(store["x"] + delta, (self.d,), ln.weight, ln.bias, ln.eps),)))
+        else:
+            _, l, h, letters = kind
+            block = self.tr.h[l]
+            ln, proj = block.ln_1, block.attn.c_attn
+            hooks.append(ln.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0])))
+
+            def post(m, a, o):
+                new = F.layer_norm(store["x"] + delta, (self.d,), ln.weight, ln.bias, ln.eps) @ proj.weight + proj.bias
+                o = o.clone()
+                for letter in letters:
+                    off = "qkv".index(letter) * self.d + h * self.hd
+                    o[..., off:off + self.hd] = new[..., off:off + self.hd]
+                return o
+            hooks.append(proj.register_forward_hook(post))
+        return _run(self.m, ids, hooks)
+
+
+def _rms(norm, x):
+    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+
+
+def _rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], -1)
+    return x * cos + rot * sin
+
+
+class LlamaHand:
+    def __init__(self, model) -> None:
+        self.m, self.base = model, model.model
+        c = model.config
+        self.d, self.H, self.KV = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
+        self.hd = self.d // self.H
+
+    def outputs(self, ids) -> Dict[str, torch.Tensor]:
+        seen: Dict[str, torch.Tensor] = {}
+        hooks = [self.base.layers[0].register_forward_pre_hook(
+            lambda m, a, k: seen.__setitem__("input", _arg0(a, k)[0].detach()), with_kwargs=True)]
+        for l, layer in enumerate(self.base.layers):
+            hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: seen.__setitem__(f"z{l}", a[0][0].detach())))
+            hooks.append(layer.mlp.register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(f"m{l}", o[0].detach())))
+        with torch.no_grad():
+            _run(self.m, ids, hooks)
+            return self._split(seen)
+
+    def _split(self, seen: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        out = {"input": seen["input"]}
+        for l, layer in enumerate(self.base.layers):
+            W = layer.self_attn.o_proj.weight  # Linear: [out, in]
+            z = seen.pop(f"z{l}")
+            for h in range(self.H):
+                s = slice(h * self.hd, (h + 1) * self.hd)
+                out[f"a{l}.h{h}"] = z[:, s] @ W[:, s].T
+            out[f"m{l}"] = seen[f"m{l}"]
+        return out
+
+    def head_by_hand(self, layer, x, cos, sin, h, deltas: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Query head ``h``'s value mix ``[T, hd]``, its q / k / v computed from ``x + deltas[letter]``."""
+        attn, ln = layer.self_attn, layer.input_layernorm
+        g = h // (self.H // self.KV)
+        rows = {"q": (attn.q_proj, h), "k": (attn.k_proj, g), "v": (attn.v_proj, g)}
+        vec = {}
+        for letter, (proj, i) in rows.items():
+            n = _rms(ln, x + deltas.get(letter, 0))
+            vec[letter] = n @ proj.weight[i * self.hd:(i + 1) * self.hd].T  # [T, hd]
+        q, k = _rotate(vec["q"], cos, sin), _rotate(vec["k"], cos, sin)
+        T = x.shape[0]
+        scores = q @ k.mT / self.hd ** 0.5
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        return scores.softmax(-1) @ vec["v"]
+
+    def patched(self, ids, receiver: str, delta: torch.Tensor, probe: bool = False, check: Optional[list] = None):
+        kind = _parse(receiver)
+        hooks, store = [], {}
+        if kind[0] == "logits":
+            hooks.append(self.base.norm.register_forward_pre_hook(lambda m, a: (a[0] + delta,)))
+        elif kind[0] == "mlp":
+            layer = self.base.layers[kind[1]]
+            ln = layer.post_attention_layernorm
+            hooks.append(ln.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0])))
+            hooks.append(layer.mlp.register_forward_pre_hook(lambda m, a: (_rms(ln, store["x"] + delta),)))
+        else:
+            _, l, h, letters = kind
+            layer = self.base.layers[l]
+            hooks.append(layer.input_layernorm.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0])))
+            hooks.append(layer.self_attn.register_forward_pre_hook(
+                lambda m, a, k: store.__setitem__("pe", k["position_embeddings"]), with_kwargs=True))
+
+            def pre(m, a):
+                cos, sin = store["pe"]
+                z = a[0].clone()
+                mine = self.head_by_hand(layer, store["x"][0], cos[0], sin[0], h, {c: delta[0] for c in letters})
+                if check is not None:
+                    same = self.head_by_hand(layer, store["x"][0], cos[0], sin[0], h, {})
+                    check.append((same, z[0, :, h * self.hd:(h + 1) * self.hd].detach().clone()))
+                z[0, :, h * self.hd:(h + 1) * self.hd] = mine
+                return (z,)
+            hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
+        return _run(self.m, ids, hooks)
