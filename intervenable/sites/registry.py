@@ -63,6 +63,13 @@ them). ``attention_norm`` / ``mlp_norm`` name the norm between the stream and ea
 the sublayer reads the stream itself, as OLMo2's do). The attention output projection is the module of
 the family's ``head_attention_value_output`` (its input: the heads' value mixes, concatenated).
 ``unsupported(config)`` gives the reason when a variant does not decompose (post-norm OPT).
+
+``Residual.final_norm`` (a ``Norm``) states the final norm's arithmetic, for read-outs that freeze its
+scale (direct logit attribution): ``y = (offset + w) * P(x) / sqrt(mean(P(x)^2) + eps) + b``, with ``P``
+the centring ``x - mean(x)`` for a LayerNorm and the identity for an RMSNorm; ``w`` and ``b`` are the
+module's parameters named by ``weight`` / ``bias`` (empty: none), ``eps`` the module attribute naming
+its epsilon (or a number when the module keeps none). ``tests/test_residual_stream.py`` checks it
+against the module.
 """
 from __future__ import annotations
 
@@ -108,6 +115,17 @@ def _never(config: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Norm:
+    """A final norm's arithmetic (see the module docstring): LayerNorm (``centred``) or RMSNorm."""
+
+    centred: bool = True  # LayerNorm subtracts the mean first; RMSNorm does not
+    eps: Any = "eps"  # the module attribute holding epsilon, or the value itself (a number)
+    weight: str = "weight"  # the module's scale parameter ("": none)
+    bias: str = "bias"  # the module's shift parameter ("": none)
+    offset: float = 0.0  # Gemma scales by (1 + weight)
+
+
+@dataclass(frozen=True)
 class Residual:
     """How a family's layers write the residual stream (see the module docstring)."""
 
@@ -117,6 +135,7 @@ class Residual:
     mlp_norm: str = ""  # path template of the norm between the stream and the MLP ("": none)
     parallel: Callable[[Any], bool] = _never
     unsupported: Optional[Callable[[Any], str]] = None
+    final_norm: Optional[Norm] = None  # the final norm's arithmetic (None: not described)
 
 
 @dataclass(frozen=True)
