@@ -1,0 +1,6 @@
+"""Activation caches: one-pass ``run_with_cache``, the residual-stream toolkit on it, per-step caches of
+generation, and activation datasets on disk (``cache_to_disk`` / ``load_cache``). See docs/cache.md."""
+from .run import run_with_cache
+from .store import ActivationCache
+
+__all__ = ["ActivationCache", "run_with_cache"]
