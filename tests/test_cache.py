@@ -314,3 +314,37 @@ def test_bad_requests_fail_before_the_forward_and_leave_no_hooks() -> None:
         cache.decompose_resid()
     with pytest.raises(ConfigError, match="pv_model.model"):
         pv.run_with_cache(pv.IntervenableModel({"layer": 0, "component": "block_output"}, model), IDS)
+
+
+# -- generation ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,use_cache", [("gpt2", True), ("gpt2", False), ("llama", True)])
+def test_generation_cache_equals_a_teacher_forced_pass(name: str, use_cache: bool) -> None:
+    model = family(name)
+    prompt = IDS[:, :5]
+    comps = ["block_output", "attention_resid", "head_attention_value_output", "block_input"]
+    kwargs = dict(max_new_tokens=4, do_sample=False, use_cache=use_cache, pad_token_id=0)
+    sequences, cache = pv.generate_with_cache(model, {"input_ids": prompt, "attention_mask": torch.ones_like(prompt)},
+                                              components=comps, **kwargs)
+    with torch.no_grad():
+        assert torch.equal(sequences, model.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs))
+    assert sequences.shape == (2, 9) and cache.prompt_length == 5 and cache.step_lengths == [5, 1, 1, 1]
+    _, forced = plain_hooks(model, name, sequences[:, :-1])
+    heads = model.config.num_attention_heads
+    for l in range(3):
+        assert torch.allclose(cache["block_output", l], forced[("out", l)], atol=1e-5)
+        assert torch.allclose(cache["block_input", l], forced[("in", l)], atol=1e-5)
+        assert torch.allclose(cache["attention_resid", l], forced[("attn", l)], atol=1e-5)
+        z = forced[("z", l)]
+        assert torch.allclose(cache["z", l], z.view(*z.shape[:2], heads, -1), atol=1e-5)
+    step = cache.step(2)  # generated token 1, at position 6
+    assert step.positions.tolist() == [6]
+    assert torch.allclose(step["block_output", 1], forced[("out", 1)][:, 6:7], atol=1e-5)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_generation_refuses_beams_and_attention_weights() -> None:
+    model = gpt2_model()
+    with pytest.raises(ConfigError, match="beams"):
+        pv.generate_with_cache(model, IDS[:, :3], num_beams=2, max_new_tokens=2)
+    with pytest.raises(ConfigError, match="attention weights"):
+        pv.generate_with_cache(model, IDS[:, :3], components=["attention_weight"], max_new_tokens=2)
