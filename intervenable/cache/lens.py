@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import ComponentError, ConfigError, InputError, ShapeError
-from ..sites.residual import ResidualStream, final_norm, readout, residual_stream
+from ..sites.residual import ResidualStream, final_norm, residual_stream
+from .request import RESIDUAL_COMPONENTS
 
 if TYPE_CHECKING:
     from .store import ActivationCache
@@ -35,10 +36,11 @@ def _stream(cache: "ActivationCache") -> ResidualStream:
 
 def _need(cache: "ActivationCache", component: str, layer: int, what: str) -> torch.Tensor:
     if (component, layer) not in cache:
+        default = (" (the default components include it)" if component in RESIDUAL_COMPONENTS else
+                   f" next to the defaults, {list(RESIDUAL_COMPONENTS)}")
         raise ComponentError(
             f"{what} needs {component!r} at layer {layer}, which this cache does not hold: run "
-            f"run_with_cache(model, inputs, components=[..., {component!r}]) (the default components include "
-            "what the residual toolkit needs).")
+            f"run_with_cache(model, inputs, components=[..., {component!r}]){default}.")
     return cache[component, layer].float()
 
 
