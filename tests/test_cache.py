@@ -214,6 +214,25 @@ def test_head_results_sum_to_the_attention_output_minus_its_bias(name: str) -> N
     assert (attrs.sum(0) - (raw[:, 5] - raw[:, 7])).abs().max() <= 1e-4
 
 
+def test_grouped_query_heads_split_by_their_own_count() -> None:
+    """LLaMA with 4 query heads and 2 key/value heads: keys and values split into 2 heads of head_dim."""
+    model = family("llama")
+    seen = {}
+    handles = [model.model.layers[1].self_attn.k_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("k", o)),
+               model.model.layers[1].self_attn.q_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("q", o))]
+    try:
+        with torch.no_grad():
+            model(input_ids=IDS)
+    finally:
+        for h in handles:
+            h.remove()
+    _, cache = pv.run_with_cache(model, IDS, components=["k", "q"], layers=[1], heads=[1])
+    assert torch.equal(cache["head_key_output", 1], seen["k"].view(2, 9, 2, 8)[:, :, [1]])
+    assert torch.equal(cache["head_query_output", 1], seen["q"].view(2, 9, 4, 8)[:, :, [1]])
+    with pytest.raises(LocationError, match="2 heads"):
+        pv.run_with_cache(model, IDS, components=["head_key_output"], heads=[3])
+
+
 def test_heads_refused_where_the_attention_output_is_normed() -> None:
     model = family("gemma2")
     _, cache = pv.run_with_cache(model, IDS, components=["block_input", "block_output", "attention_resid",
@@ -235,6 +254,8 @@ def test_grads_equal_autograd(name: str) -> None:
             lambda m, a, o, k=("attn", l): kept.__setitem__(k, _main(o))))
         handles.append(model.get_submodule(proj.format(l)).register_forward_pre_hook(
             lambda m, a, k=("z", l): kept.__setitem__(k, a[0])))
+        handles.append(model.get_submodule(block.format(l)).register_forward_pre_hook(
+            lambda m, a, k=("in", l): kept.__setitem__(k, a[0])))
 
     def metric(o):
         return (o.logits[:, -1, 5] - o.logits[:, -1, 7]).sum()
@@ -247,7 +268,7 @@ def test_grads_equal_autograd(name: str) -> None:
     keys = sorted(kept)
     expected = dict(zip(keys, torch.autograd.grad(value, [kept[k] for k in keys])))
     flags = [p.requires_grad for p in model.parameters()]
-    out, cache = pv.run_with_cache(model, IDS, components=["block_output", "attention_output",
+    out, cache = pv.run_with_cache(model, IDS, components=["block_output", "attention_output", "block_input",
                                                            "head_attention_value_output"], grads=True, metric=metric)
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
@@ -257,6 +278,7 @@ def test_grads_equal_autograd(name: str) -> None:
     for l in range(3):
         assert torch.allclose(cache.grads["block_output", l], expected[("out", l)], atol=1e-5)
         assert torch.allclose(cache.grads["attention_output", l], expected[("attn", l)], atol=1e-5)
+        assert torch.allclose(cache.grads["block_input", l], expected[("in", l)], atol=1e-5)
         z = expected[("z", l)]
         assert torch.allclose(cache.grads["head_attention_value_output", l], z.view(*z.shape[:2], heads, -1), atol=1e-5)
         assert torch.allclose(cache["block_output", l], kept[("out", l)].detach(), atol=1e-5)

@@ -46,6 +46,11 @@ class CachedActivations(Dataset):
     def __len__(self) -> int:
         return self.total
 
+    def __getstate__(self) -> Dict[str, Any]:  # DataLoader workers (spawn) get the dataset without open files
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
     def _handle(self, k: int) -> Any:
         from safetensors import safe_open
 

@@ -18,6 +18,7 @@ from ..engine import read_input, rewrite_hook
 from ..errors import ConfigError, InputError, ShapeError
 from ..hooks import HookSet
 from ..inputs import call_model, check_batched
+from ..sites.resolve import GroupedSliceSite
 from ..sites.site import extract
 from .request import CacheSite, Key, Positions, head_index, input_length, position_index, resolve_sites
 from .store import ActivationCache
@@ -41,7 +42,7 @@ class Recorder:
         if t.dim() <= dim:
             raise ShapeError(f"{cs.key} at {cs.site.describe()} has shape {tuple(t.shape)}: no sequence axis to "
                              "cache positions of.")
-        copy = cs.site.slice is not None or type(cs.site).__name__ == "GroupedSliceSite"
+        copy = cs.site.slice is not None or isinstance(cs.site, GroupedSliceSite)
         if keep_last is not None and keep_last < t.shape[dim]:
             t = t.narrow(dim, t.shape[dim] - keep_last, keep_last)
         idx = position_index(self.positions, t.shape[dim], f"{cs.key[0]} (sequence axis)")
