@@ -370,3 +370,11 @@ def test_generation_refuses_beams_and_attention_weights() -> None:
         pv.generate_with_cache(model, IDS[:, :3], num_beams=2, max_new_tokens=2)
     with pytest.raises(ConfigError, match="attention weights"):
         pv.generate_with_cache(model, IDS[:, :3], components=["attention_weight"], max_new_tokens=2)
+
+
+def test_an_error_inside_the_forward_leaves_no_hooks() -> None:
+    """Attention weights under sdpa attention are None: the hook raises, and every hook is gone after."""
+    model, _ = FAMILIES["llama_sdpa"]()
+    with pytest.raises(pv.ShapeError, match="attn_implementation='eager'"):
+        pv.run_with_cache(model, IDS, components=["block_output", "attention_weight"])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
