@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -43,13 +44,14 @@ def _shard_tensors(model: nn.Module, seqs: List[torch.Tensor], shard: disk.Shard
         batch = _batch(rows, device)
         _, cache = run_with_cache(model, batch, components, layers, dtype=dtype, device="cpu")
         keep = batch["attention_mask"].bool().cpu()
+        dense = bool(keep.all())  # no padding: every row is whole, a reshape keeps them all
         for key, value in cache.items():
-            parts.setdefault(disk.site_name(key), []).append(value[keep])
+            parts.setdefault(disk.site_name(key), []).append(value.reshape(-1, *value.shape[2:]) if dense else value[keep])
         parts.setdefault("tokens", []).append(batch["input_ids"].cpu()[keep])
         seq = torch.arange(start, start + len(rows))[:, None].expand_as(keep)
         parts.setdefault("sequence", []).append(seq[keep])
         parts.setdefault("position", []).append(torch.arange(keep.shape[1]).expand_as(keep)[keep])
-    return {name: torch.cat(values).contiguous() for name, values in parts.items()}
+    return {name: (values[0] if len(values) == 1 else torch.cat(values)).contiguous() for name, values in parts.items()}
 
 
 def cache_to_disk(model: nn.Module, data: Any, path: Any, components: Sequence[str] = ("block_output",),
@@ -62,7 +64,6 @@ def cache_to_disk(model: nn.Module, data: Any, path: Any, components: Sequence[s
     tokenizer outputs with an ``attention_mask``). Rerun with the same arguments to resume after an
     interruption (see ``disk.py``). ``device``: where the inputs go (default: the model's).
     """
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
@@ -101,14 +102,20 @@ def cache_to_disk(model: nn.Module, data: Any, path: Any, components: Sequence[s
                unit="tok", disable=not progress, desc=f"cache_to_disk (rank {rank})" if world > 1 else "cache_to_disk")
     was_training = model.training
     model.eval()
+    # Shard k is written (serialised, flushed, renamed) by one background thread while shard k + 1 is
+    # computed; at most one write is pending, and writes happen in shard order.
+    pending: Optional[Future] = None
     try:
-        for s in mine:
-            if s.index in done:
-                continue
-            tensors = _shard_tensors(model, seqs, s, batch_size, components, layers, torch_dtype, device)
-            meta = disk.shard_metadata(run, s)
-            disk.write_atomic(folder, disk.shard_name(s.index), lambda tmp: save_file(tensors, tmp, metadata=meta))
-            bar.update(s.tokens)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for s in mine:
+                if s.index in done:
+                    continue
+                tensors = _shard_tensors(model, seqs, s, batch_size, components, layers, torch_dtype, device)
+                if pending is not None:
+                    bar.update(pending.result())
+                pending = pool.submit(_write_shard, folder, s, tensors, disk.shard_metadata(run, s))
+            if pending is not None:
+                bar.update(pending.result())
     finally:
         bar.close()
         model.train(was_training)
@@ -127,6 +134,13 @@ def cache_to_disk(model: nn.Module, data: Any, path: Any, components: Sequence[s
 
         dist.barrier()  # the manifest is in place before any rank returns
     return json.loads(_read(current))
+
+
+def _write_shard(folder: str, shard: disk.Shard, tensors: Dict[str, torch.Tensor], meta: Dict[str, str]) -> int:
+    from safetensors.torch import save_file
+
+    disk.write_atomic(folder, disk.shard_name(shard.index), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return shard.tokens
 
 
 def _read(path: str) -> str:
