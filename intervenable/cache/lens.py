@@ -211,6 +211,11 @@ def logit_attrs(cache: "ActivationCache", tokens: Any, incorrect: Any, direction
     if heads:
         parts, labels = _split_heads(cache, stream, parts, labels)
     norm, scale = _final_scale(cache, stream)
+    if position is not None:  # only that position's parts go through the norm
+        if isinstance(position, bool) or not isinstance(position, int) or not -parts.shape[2] <= position < parts.shape[2]:
+            raise InputError(f"position {position!r} is out of range for the cache's {parts.shape[2]} positions "
+                             "(an index into its seq axis; None: every position).")
+        parts, scale = parts[:, :, [position]], scale[:, [position]]
     frozen = norm.frozen(parts, scale)  # [n, b, s, d]
     d, head_bias = _directions(cache, stream, tokens, incorrect, direction, parts.shape[1])
     d = d.to(frozen.device)
@@ -221,9 +226,7 @@ def logit_attrs(cache: "ActivationCache", tokens: Any, incorrect: Any, direction
     attrs = torch.cat([attrs, bias[None]])
     labels = labels + ["bias"]
     if position is not None:
-        if not -attrs.shape[2] <= position < attrs.shape[2]:
-            raise InputError(f"position {position} is out of range for the cache's {attrs.shape[2]} positions.")
-        attrs = attrs[:, :, position]
+        attrs = attrs[:, :, 0]
     return (attrs, labels) if return_labels else attrs
 
 
