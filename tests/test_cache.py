@@ -293,8 +293,10 @@ def test_positions_heads_dtype_select_from_the_full_cache() -> None:
     assert torch.equal(part["block_output", 2], full["block_output", 2][:, [1, 8]].double())
     assert torch.equal(part["head_query_output", 0], full["head_query_output", 0][:, [1, 8]][:, :, [0, 3]].double())
     assert full["attention_weight", 1].shape == (2, 4, 9, 9)  # [batch, heads, query, key]
-    _, sl = pv.run_with_cache(model, IDS, components=["transformer.h.1.mlp.output"], positions=slice(2, 5))
+    _, sl = pv.run_with_cache(model, IDS, components=["transformer.h[1].mlp.output"], positions=slice(2, 5))
+    assert list(sl) == [("transformer.h.1.mlp.output", None)]
     assert torch.allclose(sl["transformer.h.1.mlp.output"], full_mlp(model)[:, 2:5], atol=1e-6)
+    assert torch.equal(sl["transformer.h[1].mlp.output"], sl["transformer.h.1.mlp.output"])
 
 
 def full_mlp(model) -> torch.Tensor:

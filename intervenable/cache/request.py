@@ -129,7 +129,7 @@ def resolve_sites(model: nn.Module, components: Optional[Sequence[str]], layers:
         abstract = name in RESIDUAL_WRITERS or (arch is not None and name in arch.components)
         if not abstract:
             site = resolve_component(model, name)  # a raw module path (or a clear ComponentError)
-            key: Key = (name, None)
+            key: Key = (raw_name(site), None)
             if key not in seen:
                 seen.add(key)
                 out.append(CacheSite(key, site))
@@ -152,6 +152,11 @@ def resolve_sites(model: nn.Module, components: Optional[Sequence[str]], layers:
                 site = resolve_component(model, name, layer)
             out.append(CacheSite(key, site))
     return out
+
+
+def raw_name(site: Site) -> str:
+    """A raw module path's one spelling in the cache: ``"transformer.h.3.mlp.output"`` (dots, hook last)."""
+    return f"{site.module_path}.{site.hook}"
 
 
 def position_index(positions: Positions, length: int, where: str) -> Optional[torch.Tensor]:

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..errors import ComponentError, ConfigError
 from ..sites.registry import find_architecture
-from ..sites.resolve import _layer_count
-from .request import Key, canonical
+from ..sites.resolve import _layer_count, resolve_component
+from .request import Key, canonical, raw_name
 
 KeyLike = Union[str, Tuple[str, Optional[int]]]
 
@@ -62,6 +62,8 @@ class ActivationCache(Mapping):
             if layer < 0:
                 layer += self._n_layers(component)
         found = (component, layer)
+        if found not in self._values and layer is None and self.model is not None and ("." in component or "[" in component):
+            found = (raw_name(resolve_component(self.model, component)), None)  # another spelling of the path
         if found not in self._values:
             cached = sorted({c for c, _ in self._values})
             layers = self.layers(component)
