@@ -24,6 +24,8 @@ _EXPORTS: Dict[str, Tuple[str, ...]] = {
     ".errors": ("ComponentError", "ConfigError", "InputError", "IntervenableError", "LocationError", "ShapeError",
                 "SubspaceError"),
     ".hooks": ("HookSet",),
+    ".cache": ("ActivationCache", "CachedActivations", "cache_to_disk", "generate_with_cache", "load_cache",
+               "run_with_cache"),
     ".causal_model": ("CausalModel", "hierarchical_equality_model"),
     ".interventions": (
         "AdditionIntervention", "AutoencoderIntervention", "BoundlessRotatedSpaceIntervention",
@@ -74,6 +76,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .config import IntervenableConfig, RepresentationConfig  # noqa: F401
     from .errors import (ComponentError, ConfigError, InputError, IntervenableError,  # noqa: F401
                          LocationError, ShapeError, SubspaceError)
+    from .cache import (ActivationCache, CachedActivations, cache_to_disk, generate_with_cache,  # noqa: F401
+                        load_cache, run_with_cache)
     from .hooks import HookSet  # noqa: F401
     from .interventions import *  # noqa: F401,F403
     from .io import SerializationError  # noqa: F401

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from intervenable.errors import ComponentError
-from intervenable.sites.residual import readout, residual_stream
+from intervenable.sites.residual import final_norm, readout, residual_stream
 from test_fast_families import CLEAN, FAMILIES
 
 torch.set_num_threads(1)
@@ -71,6 +71,29 @@ def test_layers_sum_their_writers_and_readout_gives_logits(family: str) -> None:
     last = seen[("out", len(stream.layers) - 1)]
     with torch.no_grad():
         assert torch.allclose(stream.readout.logits(last), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", DESCRIBED)
+def test_final_norm_arithmetic_is_the_module(family: str) -> None:
+    """The described final norm (centring, epsilon, weight offset, bias) recomputes the module's output,
+    and its frozen scale applied to parts of a sum gives the normed sum minus the bias."""
+    model, _ = FAMILIES[family]()
+    module = readout(model).final[0]
+    with torch.no_grad():  # random, non-trivial parameters so that weight, offset and bias all matter
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    norm = final_norm(model)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 5, model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd,
+                    generator=g) * 3 + 0.5
+    parts = [torch.randn(x.shape, generator=g) for _ in range(2)]
+    parts.append(x - parts[0] - parts[1])
+    with torch.no_grad():
+        assert torch.allclose(norm(x), module(x), atol=1e-5), family
+        scale = norm.scale(x)
+        frozen = sum(norm.frozen(p, scale) for p in parts)
+        bias = norm.bias if norm.bias is not None else 0.0
+        assert torch.allclose(frozen + bias, module(x), atol=1e-5), family
 
 
 def test_heads_mix_through_the_output_projection() -> None:

@@ -67,6 +67,13 @@ the family's ``head_attention_value_output`` (its input: the heads' value mixes,
 contributions are then not additive); ``kv_groups`` names the attention module's attribute that holds
 the query heads per key/value head (``layers.{layer}.self_attn.num_key_value_groups``), which circuits
 set to 1 while they give each query head its own keys and values (ungrouped grouped-query attention).
+
+``Residual.final_norm`` (a ``Norm``) states the final norm's arithmetic, for read-outs that freeze its
+scale (direct logit attribution): ``y = (offset + w) * P(x) / sqrt(mean(P(x)^2) + eps) + b``, with ``P``
+the centring ``x - mean(x)`` for a LayerNorm and the identity for an RMSNorm; ``w`` and ``b`` are the
+module's parameters named by ``weight`` / ``bias`` (empty: none), ``eps`` the module attribute naming
+its epsilon (or a number when the module keeps none). ``tests/test_residual_stream.py`` checks it
+against the module.
 """
 from __future__ import annotations
 
@@ -112,6 +119,17 @@ def _never(config: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Norm:
+    """A final norm's arithmetic (see the module docstring): LayerNorm (``centred``) or RMSNorm."""
+
+    centred: bool = True  # LayerNorm subtracts the mean first; RMSNorm does not
+    eps: Any = "eps"  # the module attribute holding epsilon, or the value itself (a number)
+    weight: str = "weight"  # the module's scale parameter ("": none)
+    bias: str = "bias"  # the module's shift parameter ("": none)
+    offset: float = 0.0  # Gemma scales by (1 + weight)
+
+
+@dataclass(frozen=True)
 class Residual:
     """How a family's layers write the residual stream (see the module docstring)."""
 
@@ -127,6 +145,7 @@ class Residual:
     #: path template of the attention module's attribute holding the query heads per key/value head
     #: (grouped-query attention): circuits set it to 1 while they feed one key/value per query head
     kv_groups: str = ""
+    final_norm: Optional[Norm] = None  # the final norm's arithmetic (None: not described)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ComponentError
 from .paths import get_module
-from .registry import Architecture, LayerStack, find_architecture
+from .registry import Architecture, LayerStack, Norm, find_architecture
 from .resolve import base_prefix, resolve_component
 from .site import Site
 
@@ -77,6 +77,38 @@ class ResidualStream:
     readout: Readout
     #: the sublayers' outputs are normed before they are added (Gemma2, OLMo2): not a sum of per-head terms
     sublayer_norms: bool = False
+
+
+@dataclass(frozen=True)
+class FinalNorm:
+    """The final norm as arithmetic (its family's ``Norm`` with the module's parameters), in float32.
+
+    ``normed(x) = frozen(x, scale(x)) + bias``: ``scale(x)`` is the per-position factor
+    ``1 / sqrt(mean(P(x)^2) + eps)`` and ``frozen(c, s) = weight * P(c) * s`` is linear in ``c``, so a
+    sum of components read through one frozen scale gives the normed sum minus the bias.
+    """
+
+    centred: bool
+    eps: float
+    weight: Optional[torch.Tensor]  # offset + the module's weight, float32 (None: no scale parameter)
+    bias: Optional[torch.Tensor]  # float32 (None: no shift)
+
+    def center(self, c: torch.Tensor) -> torch.Tensor:
+        c = c.float()
+        return c - c.mean(-1, keepdim=True) if self.centred else c
+
+    def scale(self, resid: torch.Tensor) -> torch.Tensor:
+        """``[..., 1]``: the factor the norm divides ``resid`` by, inverted."""
+        return torch.rsqrt(self.center(resid).pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def frozen(self, c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``c`` through the norm with its scale fixed at ``scale`` (no bias): linear in ``c``."""
+        out = self.center(c) * scale.to(torch.float32)
+        return out * self.weight.to(out.device) if self.weight is not None else out
+
+    def __call__(self, resid: torch.Tensor) -> torch.Tensor:
+        out = self.frozen(resid, self.scale(resid))
+        return out + self.bias.to(out.device) if self.bias is not None else out
 
 
 def _describe(model: nn.Module) -> Tuple[Architecture, LayerStack]:
@@ -163,3 +195,30 @@ def residual_stream(model: nn.Module) -> ResidualStream:
         ))
     return ResidualStream(arch.name, tuple(layers), bool(res.parallel(config)), readout(model),
                           sublayer_norms=bool(res.sublayer_norms))
+
+
+def final_norm(model: nn.Module) -> FinalNorm:
+    """The final norm's arithmetic from its family's ``Residual.final_norm`` (``ComponentError`` when undescribed)."""
+    arch, desc = _describe(model)
+    spec: Optional[Norm] = desc.residual.final_norm if desc.residual is not None else None
+    modules = readout(model).final
+    if spec is None or len(modules) != 1:
+        raise ComponentError(
+            f"The {arch.name!r} family's final norm is not described as arithmetic, so its scale cannot be "
+            "frozen. Add final_norm=Norm(...) to its Residual (contract in intervenable/sites/registry.py).")
+    module = modules[0]
+
+    def param(name: str) -> Optional[torch.Tensor]:
+        value = getattr(module, name, None) if name else None
+        if name and value is not None and not isinstance(value, torch.Tensor):
+            raise ComponentError(f"The {arch.name!r} final norm's {name!r} is not a tensor.")
+        return None if value is None else value.detach().float()
+
+    eps = spec.eps if isinstance(spec.eps, (int, float)) else getattr(module, spec.eps, None)
+    if not isinstance(eps, (int, float)):
+        raise ComponentError(f"The {arch.name!r} final norm ({type(module).__name__}) has no epsilon "
+                             f"attribute {spec.eps!r}: fix final_norm=Norm(eps=...) in its family file.")
+    weight = param(spec.weight)
+    if spec.offset:
+        weight = spec.offset + (weight if weight is not None else 0.0)
+    return FinalNorm(spec.centred, float(eps), weight, param(spec.bias))

@@ -1,7 +1,7 @@
 """GPT-2 family (GPT2Model, GPT2LMHeadModel, GPT2ForSequenceClassification, ...)."""
 from __future__ import annotations
 
-from ..registry import Architecture, LayerStack, Residual, attr, inp, out, register_architecture
+from ..registry import Architecture, LayerStack, Norm, Residual, attr, inp, out, register_architecture
 
 hidden = attr("n_embd", "hidden_size")
 inner = attr("n_inner", default=lambda c: 4 * hidden(c))
@@ -40,6 +40,7 @@ GPT2 = register_architecture(
         },
         description="GPT-2: fused c_attn projection split into q, k, v; heads of n_embd // n_head.",
         # Learned positions are added before layer 0, so a layer needs only the mask and the cache.
-        stack=LayerStack(final=("ln_f",), residual=Residual(attention_norm="h.{layer}.ln_1", mlp_norm="h.{layer}.ln_2")),
+        stack=LayerStack(final=("ln_f",), residual=Residual(attention_norm="h.{layer}.ln_1", mlp_norm="h.{layer}.ln_2",
+                                                                final_norm=Norm())),
     )
 )

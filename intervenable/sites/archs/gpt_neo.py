@@ -1,7 +1,7 @@
 """GPT-NeoX / Pythia (per-head fused ``query_key_value``), GPT-Neo and GPT-J (separate q/k/v)."""
 from __future__ import annotations
 
-from ..registry import Architecture, LayerStack, Residual, attr, inp, out, register_architecture
+from ..registry import Architecture, LayerStack, Norm, Residual, attr, inp, out, register_architecture
 from ._common import attention_components, block_components, fused_qkv_components, hidden_size, n_heads
 
 _L = "layers.{layer}"
@@ -26,7 +26,8 @@ GPT_NEOX = register_architecture(
         # Parallel residual (use_parallel_residual) happens inside each layer; rotary comes from the model.
         stack=LayerStack(final=("final_layer_norm",), rotary="rotary_emb",
                          residual=Residual(attention_norm=_L + ".input_layernorm", mlp_norm=_L + ".post_attention_layernorm",
-                                           parallel=lambda c: bool(getattr(c, "use_parallel_residual", True)))),
+                                           parallel=lambda c: bool(getattr(c, "use_parallel_residual", True)),
+                                           final_norm=Norm())),
     )
 )
 
@@ -54,7 +55,7 @@ GPT_NEO = register_architecture(
         components=_neo,
         description="GPT-Neo: global/local attention layers, separate q/k/v under attn.attention.",
         # Local layers apply their window through their own causal buffer (aligned to the last key).
-        stack=LayerStack(final=("ln_f",), residual=Residual(attention_norm=_H + ".ln_1", mlp_norm=_H + ".ln_2")),
+        stack=LayerStack(final=("ln_f",), residual=Residual(attention_norm=_H + ".ln_1", mlp_norm=_H + ".ln_2", final_norm=Norm())),
     )
 )
 
@@ -82,6 +83,7 @@ GPTJ = register_architecture(
         description="GPT-J: parallel attention and MLP, separate q/k/v projections.",
         # Attention and MLP both read ln_1 of the block input.
         stack=LayerStack(final=("ln_f",), rotary="rotary_emb",
-                         residual=Residual(attention_norm=_H + ".ln_1", mlp_norm=_H + ".ln_1", parallel=lambda c: True)),
+                         residual=Residual(attention_norm=_H + ".ln_1", mlp_norm=_H + ".ln_1", parallel=lambda c: True,
+                                           final_norm=Norm())),
     )
 )

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 
 from dataclasses import replace
 
-from ..registry import Architecture, Component, ConfigFn, LayerStack, Residual, attr, inp, out, register_architecture
+from ..registry import Architecture, Component, ConfigFn, LayerStack, Norm, Residual, attr, inp, out, register_architecture
 from ._common import attention_components, block_components, config_value, hidden_size, on, sliding_window
 
 intermediate = attr("intermediate_size")
@@ -36,6 +36,11 @@ def llama_components(root: str = "layers.{layer}", cfg: Optional[ConfigFn] = Non
     return table
 
 
+#: LLaMA's RMSNorm (``variance_epsilon``); Gemma's scales by ``1 + weight``; OLMo's is a LayerNorm
+#: without parameters (epsilon fixed at 1e-5 in its code).
+RMS = Norm(centred=False, eps="variance_epsilon", bias="")
+GEMMA_RMS = Norm(centred=False, eps="eps", bias="", offset=1.0)
+OLMO_LN = Norm(centred=True, eps=1e-5, weight="", bias="")
 #: The fast sweep path's stack: rotary position embeddings from ``model.rotary_emb``, the final
 #: ``norm``, sliding windows from the config (Mistral, Qwen2 with ``use_sliding_window``, Gemma2's
 #: alternating layers), Gemma2's final logit soft-capping (``final_logit_softcapping``; None for the
@@ -44,20 +49,23 @@ LLAMA_STACK = LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_wi
                          logit_softcap=config_value("final_logit_softcapping"),
                          residual=Residual(attention_norm="layers.{layer}.input_layernorm",
                                            mlp_norm="layers.{layer}.post_attention_layernorm",
-                                           kv_groups="layers.{layer}.self_attn.num_key_value_groups"))
+                                           kv_groups="layers.{layer}.self_attn.num_key_value_groups",
+                                           final_norm=RMS))
 #: Gemma2 norms each sublayer's output before adding it (post_attention_layernorm,
 #: post_feedforward_layernorm) and reads the MLP's input through pre_feedforward_layernorm.
 GEMMA2_STACK = replace(LLAMA_STACK, residual=Residual(
     attention=out("layers.{layer}.post_attention_layernorm", hidden_size),
     mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size),
     attention_norm="layers.{layer}.input_layernorm", mlp_norm="layers.{layer}.pre_feedforward_layernorm",
-    sublayer_norms=True, kv_groups="layers.{layer}.self_attn.num_key_value_groups"))
+    sublayer_norms=True, kv_groups="layers.{layer}.self_attn.num_key_value_groups", final_norm=GEMMA_RMS))
 #: OLMo2 reads the stream itself and norms each sublayer's output before adding it.
 OLMO2_STACK = replace(LLAMA_STACK, residual=Residual(
     attention=out("layers.{layer}.post_attention_layernorm", hidden_size),
     mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size), sublayer_norms=True,
-    kv_groups="layers.{layer}.self_attn.num_key_value_groups"))
-_STACKS = {"gemma2": GEMMA2_STACK, "olmo2": OLMO2_STACK}
+    kv_groups="layers.{layer}.self_attn.num_key_value_groups", final_norm=RMS))
+GEMMA_STACK = replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, final_norm=GEMMA_RMS))
+OLMO_STACK = replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, final_norm=OLMO_LN))
+_STACKS = {"gemma": GEMMA_STACK, "gemma2": GEMMA2_STACK, "olmo": OLMO_STACK, "olmo2": OLMO2_STACK}
 
 _FAMILIES = {
     "llama": ("LLaMA", ("llama",)),

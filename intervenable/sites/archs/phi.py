@@ -1,7 +1,7 @@
 """Phi (``self_attn.dense`` output projection, ``mlp.fc1/fc2``) and Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``)."""
 from __future__ import annotations
 
-from ..registry import Architecture, LayerStack, Residual, attr, inp, out, register_architecture
+from ..registry import Architecture, LayerStack, Norm, Residual, attr, inp, out, register_architecture
 from ._common import attention_components, block_components, fused_qkv_components, hidden_size, sliding_window
 
 _L = "layers.{layer}"
@@ -28,7 +28,7 @@ PHI = register_architecture(
         # Attention and MLP both read input_layernorm of the block input.
         stack=LayerStack(final=("final_layernorm",), rotary="rotary_emb",
                          residual=Residual(attention_norm=_L + ".input_layernorm", mlp_norm=_L + ".input_layernorm",
-                                           parallel=lambda c: True,
+                                           parallel=lambda c: True, final_norm=Norm(),
                                            kv_groups=_L + ".self_attn.num_key_value_groups")),
     )
 )
@@ -52,6 +52,7 @@ PHI3 = register_architecture(
         components=_phi3,
         description="Phi-3: fused qkv_proj [q | k | v] with grouped-query attention, split by slices.",
         stack=LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window,
-                         residual=Residual(attention_norm=_L + ".input_layernorm", mlp_norm=_L + ".post_attention_layernorm")),
+                         residual=Residual(attention_norm=_L + ".input_layernorm", mlp_norm=_L + ".post_attention_layernorm",
+                                           final_norm=Norm(centred=False, eps="variance_epsilon", bias=""))),
     )
 )
