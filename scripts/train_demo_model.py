@@ -38,6 +38,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "intervenable" / "demo" / "model"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
+# Said explicitly: transformers 4.x's PreTrainedTokenizerFast would also return token_type_ids by default,
+# which GPT-2 adds to the input as embeddings of token 0.
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask")
 NEG = -1e9  # additive attention-mask value for "may not attend"
 
 # --------------------------------------------------------------------- corpus
@@ -165,7 +168,8 @@ def build_tokenizer(facts: list[dict]) -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
                                    pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<eos>", model_max_length=32)
+                                   bos_token="<eos>", model_max_length=32,
+                                   model_input_names=list(MODEL_INPUT_NAMES))
 
 
 def portable_tokenizer_config(tokenizer: PreTrainedTokenizerFast) -> dict:
@@ -176,7 +180,8 @@ def portable_tokenizer_config(tokenizer: PreTrainedTokenizerFast) -> dict:
     """
     return {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": tokenizer.unk_token,
             "pad_token": tokenizer.pad_token, "eos_token": tokenizer.eos_token,
-            "bos_token": tokenizer.bos_token, "model_max_length": tokenizer.model_max_length}
+            "bos_token": tokenizer.bos_token, "model_max_length": tokenizer.model_max_length,
+            "model_input_names": list(MODEL_INPUT_NAMES)}
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out: Path) -> None:

@@ -77,5 +77,7 @@ def test_the_training_script_writes_the_shipped_tokenizer_files_in_a_version_ind
     for fact in FACTS[:50]:
         words = (fact["prompt"] + " " + fact["target"]).split()
         assert loaded(" ".join(words))["input_ids"] == [vocab[w] for w in words]
+    # No token_type_ids (transformers 4.x's default): GPT-2 would add them to the input as token 0's embedding.
+    assert list(loaded("a b")) == ["input_ids", "attention_mask"]
     assert (loaded.pad_token_id, loaded.unk_token_id, loaded.eos_token_id) == (vocab["<pad>"], vocab["<unk>"],
                                                                                  vocab["<eos>"])
