@@ -78,6 +78,8 @@ GPTJ = register_architecture(
         num_layers=attr("n_layer", "num_hidden_layers"),
         components=_gptj,
         description="GPT-J: parallel attention and MLP, separate q/k/v projections.",
-        stack=LayerStack(final=("ln_f",), rotary="rotary_emb"),
+        # transformers >= 5.24 computes rotary once in the model (rotary_emb); before, each attention layer
+        # computes it from position_ids (its own embed_positions buffer).
+        stack=LayerStack(final=("ln_f",), rotary="rotary_emb", rotary_in_layers=True),
     )
 )
