@@ -95,3 +95,27 @@ def test_demo_and_test_scripts_ask_for_their_part() -> None:
     assert "bash scripts/bootstrap.sh oldest" in (ROOT / "scripts" / "test.sh").read_text()
     bad = subprocess.run(["bash", str(ROOT / "scripts" / "bootstrap.sh"), "everything"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_pip_is_silent_on_success_and_its_whole_log_is_shown_on_failure(tmp_path) -> None:
+    """The demo's first run prints one line before its result; a failing install prints all of pip's log."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "bootstrap.sh", tmp_path / "scripts")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    fake = tmp_path / "fake-python3"
+    fake.write_text(FAKE_PYTHON + 'if [ "$2" = pip ]; then\n'
+                    '  echo "BuildBackendWarning: Editable installation. (pip log line 1)"; echo "pip log line 2" >&2\n'
+                    '  case "$*" in *"$FAIL_ON"*) echo "ERROR: no such version"; exit 1 ;; esac\n'
+                    'fi\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), CALLS=str(tmp_path / "calls.txt"), FAIL_ON="no-failure")
+    ok = subprocess.run(["bash", "scripts/bootstrap.sh"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == ""
+    assert ok.stderr.splitlines() == [line for line in ok.stderr.splitlines() if line.startswith("bootstrap: installing")]
+    assert len(ok.stderr.splitlines()) == 1
+    shutil.rmtree(tmp_path / ".venv")
+    bad = subprocess.run(["bash", "scripts/bootstrap.sh"], cwd=tmp_path, env=dict(env, FAIL_ON="torch=="),
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    for line in ("pip install torch==2.13.0 failed", "pip log line 1", "pip log line 2", "ERROR: no such version"):
+        assert line in bad.stderr, bad.stderr
