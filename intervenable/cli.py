@@ -105,7 +105,7 @@ def load_weights(name: Optional[str], device: str = "cpu", dtype: str = "float32
 
     if name is None:
         kwargs = dict(kwargs, attn_implementation="eager")
-    if quiet:
+    if quiet or name is None:  # the embedded 4 MB model needs no "Loading weights" bar (transformers 5)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

@@ -44,6 +44,14 @@ class InputError(IntervenableError, ValueError):
     """The inputs passed to a forward call are inconsistent."""
 
 
+class FastPathFallbackWarning(UserWarning):
+    """A family described for the fast sweep path did not fit this model, so the sweep used the general path.
+
+    The results are the same, only slower; on a supported transformers it is a bug of the family's
+    description (the test suite turns it into an error).
+    """
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3, normalise: Optional[Callable[[str], str]] = None) -> str:
     """A 'did you mean' suffix listing the closest names, or an empty string.
 

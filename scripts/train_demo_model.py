@@ -33,11 +33,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "intervenable" / "demo" / "model"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<eos>"]
+# Said explicitly: transformers 4.x's PreTrainedTokenizerFast would also return token_type_ids by default,
+# which GPT-2 adds to the input as embeddings of token 0.
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask")
 NEG = -1e9  # additive attention-mask value for "may not attend"
 
 # --------------------------------------------------------------------- corpus
@@ -160,9 +163,35 @@ def build_tokenizer(facts: list[dict]) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # No special tokens added, said explicitly: transformers 5 would otherwise write this
+    # post-processor and 4.x none, and the saved tokenizer.json would depend on the version.
+    tok.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
                                    pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<eos>", model_max_length=32)
+                                   bos_token="<eos>", model_max_length=32,
+                                   model_input_names=list(MODEL_INPUT_NAMES))
+
+
+def portable_tokenizer_config(tokenizer: PreTrainedTokenizerFast) -> dict:
+    """``tokenizer_config.json`` in the form every supported transformers loads (4.57 and 5.x).
+
+    transformers 5 saves ``"tokenizer_class": "TokenizersBackend"``, a class 4.x does not have;
+    ``PreTrainedTokenizerFast`` exists in both (in 5.x it names the same tokenizers backend).
+    """
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": tokenizer.unk_token,
+            "pad_token": tokenizer.pad_token, "eos_token": tokenizer.eos_token,
+            "bos_token": tokenizer.bos_token, "model_max_length": tokenizer.model_max_length,
+            "model_input_names": list(MODEL_INPUT_NAMES)}
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
+    """Write ``tokenizer.json`` (the tokenizers library's own format) and the portable config.
+
+    Not ``save_pretrained``: what it writes depends on the transformers version.
+    """
+    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    config = json.dumps(portable_tokenizer_config(tokenizer), indent=2, sort_keys=True)
+    (out / "tokenizer_config.json").write_text(config + "\n")
 
 
 def encode(facts: list[dict], tokenizer, lead_ins: list[str] | None = None
@@ -269,7 +298,7 @@ def train(args: argparse.Namespace) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     lines = ",\n".join(json.dumps(f) for f in facts)
     (out / "facts.json").write_text(f"[\n{lines}\n]\n")
     size = sum(p.stat().st_size for p in out.iterdir())

@@ -19,7 +19,7 @@ import transformers as T
 
 import intervenable as pv
 from intervenable.sites.registry import find_architecture
-from intervenable.sites.resolve import base_prefix
+from intervenable.sites.resolve import component_module
 
 torch.set_num_threads(1)  # tiny models: threads only add contention on a busy machine
 SMALL = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64)
@@ -239,7 +239,7 @@ def _locations(is_head: bool) -> Dict:
 def _check_flat(model, base, arch, name, layer=0):
     """Collect everything, and (if writable) zero everything, against hooks."""
     comp = arch.components[name]
-    path = (base_prefix(model, arch) + comp.module.format(layer=layer)).rstrip(".")
+    path = component_module(model, arch, comp, layer)[0]  # the table's path, in this model's layout
     full = _full(model, base, path, comp)
     rep = {"layer": layer, "component": name, "intervention": pv.CollectIntervention}
     (_, collected), _ = pv.IntervenableModel(rep, model)(base, unit_locations=None)
@@ -255,11 +255,17 @@ def _check_component(model, base, source, arch, name, layer=0):
     global HEADS
     comp = arch.components[name]
     config = model.config
-    path = (base_prefix(model, arch) + comp.module.format(layer=layer, moe_key=0)).rstrip(".")
+    path = component_module(model, arch, comp, layer, moe_key=0)[0]  # the table's path, in this model's layout
     is_head = comp.heads is not None
     HEADS = [1, 0] if not is_head or comp.heads(config) > 1 else [0, 0]
     bhsd = comp.head_layout == "bhsd"
     unit = "h.pos" if is_head else "pos"
+    if name.endswith("attention_weight"):
+        # transformers 4.x's OPT and CLIP attentions return their weights only when asked (5.x always does):
+        # ask through the configs, which also reach LLaVA's vision tower.
+        for cfg in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+            if cfg is not None:
+                cfg.output_attentions = True
     src_full = _full(model, source, path, comp)
     base_full = _full(model, base, path, comp)
 
@@ -338,23 +344,35 @@ def test_mixtral_experts() -> None:
     model.eval()
     with torch.no_grad():
         before = model(**base).logits
-    with pytest.raises(pv.ComponentError, match="split_experts"):
-        pv.IntervenableModel({"layer": 0, "component": "mlp_output", "moe_key": 1}, model)
-    split_experts(model)
+    layer = model.model.layers[0]
+    fused = hasattr(layer, "mlp")  # transformers >= 5: experts fused in 3-D weights; 4.x: block_sparse_moe
+    if fused:
+        with pytest.raises(pv.ComponentError, match="split_experts"):
+            pv.IntervenableModel({"layer": 0, "component": "mlp_output", "moe_key": 1}, model)
+    keys = set(model.state_dict())
+    split_experts(model)  # a no-op on the 4.x layout, whose experts are modules already
+    assert set(model.state_dict()) == keys
     with torch.no_grad():
         assert torch.allclose(model(**base).logits, before, atol=1e-6)  # same function after the split
-    experts = model.model.layers[0].mlp.experts
+    moe = layer.mlp if fused else layer.block_sparse_moe
+    experts = moe.experts
+    if fused:
+        w_gate, w_up = experts.gate_up_proj[1].chunk(2, 0)
+        w_down = experts.down_proj[1]
+    else:
+        w_gate, w_up, w_down = experts[1].w1.weight, experts[1].w3.weight, experts[1].w2.weight
     # Collect expert 1's output: by hand, route with the router and apply that expert's weights.
     routed: List[torch.Tensor] = []
-    h = model.model.layers[0].mlp.register_forward_pre_hook(lambda m, a: routed.append(a[0].reshape(-1, 32)))
+    h = moe.register_forward_pre_hook(lambda m, a: routed.append(a[0].reshape(-1, 32)))
     with torch.no_grad():
         model(**base)
     h.remove()
     x = routed[0]
-    top = torch.topk(torch.softmax(x @ model.model.layers[0].mlp.gate.weight.T, -1), 2, dim=-1).indices
-    tokens = (top == 1).any(-1).nonzero().squeeze(-1)
-    gate, up = (x[tokens] @ experts.gate_up_proj[1].T).chunk(2, -1)
-    want = (torch.nn.functional.silu(gate) * up) @ experts.down_proj[1].T
+    top = torch.topk(torch.softmax(x @ moe.gate.weight.T, -1), 2, dim=-1).indices
+    token, slot = (top == 1).nonzero().unbind(-1)  # by token
+    # Rows in the model's order: by token (fused experts), by top-k slot then token (4.x's expert mask).
+    tokens = token if fused else token[torch.argsort(slot * len(x) + token)]
+    want = (torch.nn.functional.silu(x[tokens] @ w_gate.T) * (x[tokens] @ w_up.T)) @ w_down.T
     rep = {"layer": 0, "component": "mlp_output", "moe_key": 1, "intervention": pv.CollectIntervention}
     (_, collected), _ = pv.IntervenableModel(rep, model)(base, unit_locations=None)
     assert torch.allclose(collected[0], want, atol=1e-5)
@@ -362,10 +380,10 @@ def test_mixtral_experts() -> None:
     rep = {"layer": 0, "component": "mlp_output", "moe_key": 1, "intervention": pv.ZeroIntervention}
     _, zeroed = pv.IntervenableModel(rep, model)(base, unit_locations=None)
     with torch.no_grad():
-        saved = experts.down_proj[1].clone()
-        experts.down_proj[1].zero_()
+        saved = w_down.clone()
+        w_down.zero_()
         want_logits = model(**base).logits
-        experts.down_proj[1].copy_(saved)
+        w_down.copy_(saved)
     assert torch.allclose(zeroed.logits, want_logits, atol=1e-5)
     assert not torch.allclose(zeroed.logits, before, atol=1e-4)
 

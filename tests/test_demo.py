@@ -43,3 +43,41 @@ def test_heatmap_colour_bar_names_the_target_token_text(tmp_path):
     assert f"prob of {text!r}" in labels and not any(str(r.target) in lab for lab in labels)
     back = pv.SweepResult.load(r.save(tmp_path / "r.json"))
     assert back.info["target_text"] == text and f"of {text!r} (token {r.target})" in back.summary()
+
+
+def _train_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "train_demo_model.py"
+    spec = importlib.util.spec_from_file_location("train_demo_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_training_script_writes_the_shipped_tokenizer_files_in_a_version_independent_form(tmp_path):
+    """What the script writes is byte for byte what is shipped, on every supported transformers."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from intervenable.demo import DEMO_MODEL_DIR
+
+    script = _train_script()
+    script.save_tokenizer(script.build_tokenizer(FACTS), tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / name).read_bytes() == (DEMO_MODEL_DIR / name).read_bytes(), name
+    # A class both transformers 4.57 and 5.x have (5.x writes "TokenizersBackend", unknown to 4.x).
+    assert json.loads((DEMO_MODEL_DIR / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+        "PreTrainedTokenizerFast"
+    # Loaded through transformers, each word is its own id in the word-level vocabulary, nothing added.
+    vocab = json.loads((DEMO_MODEL_DIR / "tokenizer.json").read_text())["model"]["vocab"]
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    for fact in FACTS[:50]:
+        words = (fact["prompt"] + " " + fact["target"]).split()
+        assert loaded(" ".join(words))["input_ids"] == [vocab[w] for w in words]
+    # No token_type_ids (transformers 4.x's default): GPT-2 would add them to the input as token 0's embedding.
+    assert list(loaded("a b")) == ["input_ids", "attention_mask"]
+    assert (loaded.pad_token_id, loaded.unk_token_id, loaded.eos_token_id) == (vocab["<pad>"], vocab["<unk>"],
+                                                                                 vocab["<eos>"])

@@ -11,13 +11,14 @@ projection variants are switched on, so the stack descriptions' parts are all ex
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any, Callable, Dict, Tuple
 
 import pytest
 import torch
 import transformers as T
 
-from intervenable.errors import ConfigError
+from intervenable.errors import ConfigError, FastPathFallbackWarning
 from intervenable.sites.registry import Architecture, find_architecture, register_architecture
 from intervenable.sweeps import causal_trace, patching_sweep
 from intervenable.sweeps import stack as stack_module
@@ -68,9 +69,11 @@ FAMILIES: Dict[str, Callable[[], Tuple[Any, str]]] = {
                       attention_types=[[["global", "local"], 1], [["local"], 1]]),
     "gptj": _build("GPTJConfig", "GPTJForCausalLM", "transformer.h.{}", n_layer=3, n_embd=32, n_head=4, rotary_dim=4,
                    n_inner=64),
-    "opt": _build("OPTConfig", "OPTForCausalLM", "model.decoder.layers.{}", ffn_dim=48, word_embed_proj_dim=16),
+    # init_std: transformers 4.x initialises OPT from it, not from initializer_range.
+    "opt": _build("OPTConfig", "OPTForCausalLM", "model.decoder.layers.{}", ffn_dim=48, word_embed_proj_dim=16,
+                  init_std=0.15),
     "opt_post_norm": _build("OPTConfig", "OPTForCausalLM", "model.decoder.layers.{}", ffn_dim=48,
-                            word_embed_proj_dim=32, do_layer_norm_before=False),
+                            word_embed_proj_dim=32, do_layer_norm_before=False, init_std=0.15),
     "falcon_mqa": _build("FalconConfig", "FalconForCausalLM", "transformer.h.{}", multi_query=True),
     "falcon_mha": _build("FalconConfig", "FalconForCausalLM", "transformer.h.{}", multi_query=False,
                          parallel_attn=False),
@@ -176,3 +179,23 @@ def test_register_architecture_refuses_a_duplicate_name() -> None:
     finally:
         register_architecture(gpt2, replace=True)
     assert find_architecture(FAMILIES["gpt2"]()[0]) is gpt2
+
+
+def test_a_description_that_does_not_fit_warns_and_the_suite_makes_that_an_error(pytestconfig) -> None:
+    """A described family falling back is a FastPathFallbackWarning (same results), an error in this suite."""
+    model, _ = FAMILIES["llama"]()
+    arch = find_architecture(model)
+    general = causal_trace(model, CLEAN, CORRUPT, TARGET, metric="logit", progress=False, fast=False)
+    cases = [(replace(arch.stack, rotary="no_such_rotary"), "no rotary module at 'no_such_rotary'"),
+             (replace(arch.stack, final=()), "did not reproduce the model's own logits")]  # no final norm
+    try:
+        for stack, message in cases:
+            register_architecture(replace(arch, stack=stack), replace=True)
+            with pytest.warns(FastPathFallbackWarning, match=message):
+                r = causal_trace(model, CLEAN, CORRUPT, TARGET, metric="logit", progress=False)
+            assert r.info["path"] == "general" and message in r.info["fallback_reason"]
+            torch.testing.assert_close(r.values, general.values)
+    finally:
+        register_architecture(arch, replace=True)
+    # Everywhere else in the suite (every family we claim fast, on this transformers) it fails the test.
+    assert "error::intervenable.errors.FastPathFallbackWarning" in pytestconfig.getini("filterwarnings")

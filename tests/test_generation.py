@@ -5,6 +5,11 @@ import torch
 import intervenable as pv
 from gpt2_manual import tiny_gpt2
 
+def _main(output):
+    """A block's hidden states: transformers 5 returns the tensor, 4.x a tuple starting with it."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 MAX_NEW = 6
 
 
@@ -211,7 +216,7 @@ def test_collect_during_generation_returns_one_tensor_per_step():
     steps = collected[0]
     assert len(steps) == MAX_NEW  # the prefill plus MAX_NEW - 1 decode steps
     store = []
-    h = module(model).register_forward_hook(lambda m, a, out: store.append(out))
+    h = module(model).register_forward_hook(lambda m, a, out: store.append(_main(out)))
     try:
         model(got[:, :-1])
     finally:

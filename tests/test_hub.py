@@ -169,13 +169,29 @@ def fake_hub(monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # this sandbox sets it; the server is local
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     server.requests, server.created, server.files = [], [], {}
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    # huggingface_hub < 1.0 (the one transformers 4.x takes) parses commit URLs against HF_ENDPOINT,
+    # whatever endpoint= says: a private hub there is used with HF_ENDPOINT set, as here.
+    monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
+    reset_hub_sessions()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server, f"http://127.0.0.1:{server.server_address[1]}"
+        yield server, endpoint
     finally:
         server.shutdown()
         server.server_close()
+        monkeypatch.undo()
+        reset_hub_sessions()
+
+
+def reset_hub_sessions() -> None:
+    """huggingface_hub < 1.0 keeps one HTTP session per thread, made offline or not when first used: renew them."""
+    from huggingface_hub import utils as hub_utils
+
+    reset = getattr(hub_utils, "reset_sessions", None)  # gone in huggingface_hub 1.0 (httpx, checked per request)
+    if reset is not None:
+        reset()
 
 
 def test_push_to_hub_then_load(tmp_path, fake_hub, monkeypatch) -> None:
@@ -222,18 +238,26 @@ def test_an_unreachable_hub_gives_our_error_and_keeps_the_local_folder(tmp_path,
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", offline_mode)  # refused connection, or HF_HUB_OFFLINE=1
-    endpoint = closed_port()
-    vector = torch.randn(WIDTH)
-    pv_model = steering(vector)
-    folder = tmp_path / "out"
-    with pytest.raises(SerializationError, match=f"Could not reach the Hugging Face hub at {endpoint}") as info:
-        pv_model.save(folder, save_to_hf_hub=True, hf_repo_name=REPO, endpoint=endpoint, token="hf_x")
-    assert f"the local folder {str(folder)!r} was written" in str(info.value)
-    assert ("OfflineModeIsEnabled" if offline_mode else "ConnectError") in str(info.value)
-    assert steered(pv.IntervenableModel.load(str(folder), tiny_gpt2())).equal(steered(pv_model))  # the folder is complete
+    reset_hub_sessions()
+    try:
+        endpoint = closed_port()
+        vector = torch.randn(WIDTH)
+        pv_model = steering(vector)
+        folder = tmp_path / "out"
+        with pytest.raises(SerializationError, match=f"Could not reach the Hugging Face hub at {endpoint}") as info:
+            pv_model.save(folder, save_to_hf_hub=True, hf_repo_name=REPO, endpoint=endpoint, token="hf_x")
+        assert f"the local folder {str(folder)!r} was written" in str(info.value)
+        # The cause is named: the refused connection is httpx's ConnectError (huggingface_hub >= 1.0) or requests'
+        # ConnectionError (huggingface_hub < 1.0, with transformers 4.x).
+        causes = ("OfflineModeIsEnabled",) if offline_mode else ("ConnectError", "ConnectionError")
+        assert any(cause in str(info.value) for cause in causes), str(info.value)
+        assert steered(pv.IntervenableModel.load(str(folder), tiny_gpt2())).equal(steered(pv_model))  # the folder is complete
 
-    with pytest.raises(SerializationError, match="Nothing was uploaded and nothing was kept on disk"):
-        pv_model.push_to_hub(REPO, endpoint=endpoint)
+        with pytest.raises(SerializationError, match="Nothing was uploaded and nothing was kept on disk"):
+            pv_model.push_to_hub(REPO, endpoint=endpoint)
+    finally:
+        monkeypatch.undo()
+        reset_hub_sessions()
 
 
 def test_a_folder_left_by_a_killed_save_uploads_its_current_version(tmp_path, fake_hub, monkeypatch) -> None:

@@ -5,6 +5,11 @@ import torch
 import intervenable as pv
 from gpt2_manual import ids, tiny_gpt2
 
+def _main(output):
+    """A block's hidden states: transformers 5 returns the tensor, 4.x a tuple starting with it."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 MODEL = tiny_gpt2(n_layer=2)
 BASE, SOURCE = {"input_ids": ids(2, 5, seed=3)}, {"input_ids": ids(2, 5, seed=4)}
 
@@ -16,7 +21,7 @@ def hook_counts(model):
 def test_user_hooks_fire_during_and_survive_our_calls():
     model = tiny_gpt2(n_layer=2)
     seen = []
-    handle = model.transformer.h[1].register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()))
+    handle = model.transformer.h[1].register_forward_hook(lambda m, a, out: seen.append(_main(out).detach().clone()))
     pre = model.transformer.h[0].mlp.register_forward_pre_hook(lambda m, a: seen.append("pre"))
     before = hook_counts(model)
     pv_model = pv.IntervenableModel([

@@ -4,6 +4,11 @@ import torch
 import intervenable as pv
 from gpt2_manual import cache, ids, manual_forward, tiny_gpt2
 
+def _main(output):
+    """A block's hidden states: transformers 5 returns the tensor, 4.x a tuple starting with it."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 MODEL = tiny_gpt2()
 BASE, S0, S1 = ids(1, 6, seed=11), ids(1, 6, seed=12), ids(1, 6, seed=13)
 
@@ -217,7 +222,7 @@ def test_output_hidden_states_and_user_hooks_see_the_intervened_value():
     pv_model = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention": pv.AdditionIntervention,
                                      "source_representation": vector}, MODEL)
     seen = []
-    handle = MODEL.transformer.h[0].register_forward_hook(lambda m, a, out: seen.append(out.detach().clone()))
+    handle = MODEL.transformer.h[0].register_forward_hook(lambda m, a, out: seen.append(_main(out).detach().clone()))
     try:
         _, out = pv_model({"input_ids": BASE, "output_hidden_states": True})
     finally:

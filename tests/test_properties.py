@@ -6,6 +6,11 @@ from hypothesis import strategies as st
 import intervenable as pv
 from gpt2_manual import tiny_gpt2
 
+def _main(output):
+    """A block's hidden states: transformers 5 returns the tensor, 4.x a tuple starting with it."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 MODEL = tiny_gpt2(n_layer=2, n_embd=16, n_head=2)
 SEQ, BATCH = 5, 2
 WIDTHS = {"block_output": 16, "mlp_activation": 64, "attention_input": 16, "value_output": 16}
@@ -106,7 +111,7 @@ def test_collect_equals_hidden_states(positions, layer):
     if layer == MODEL.config.n_layer - 1:
         hidden = None
         store = []
-        handle = MODEL.transformer.h[layer].register_forward_hook(lambda m, a, out: store.append(out))
+        handle = MODEL.transformer.h[layer].register_forward_hook(lambda m, a, out: store.append(_main(out)))
         try:
             MODEL(base)
         finally:

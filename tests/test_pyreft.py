@@ -55,6 +55,7 @@ def char_tokenizer() -> transformers.PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=64,
+        model_input_names=["input_ids", "attention_mask"],  # transformers 4.x adds token_type_ids otherwise
         padding_side="right")
     tokenizer.pad_token = tokenizer.unk_token
     return tokenizer

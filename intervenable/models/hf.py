@@ -106,8 +106,10 @@ def _create(
     if tokenizer:
         try:
             tok = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
-        except (OSError, ValueError, TypeError):
-            tok = None  # a folder with weights only: the model is still usable
+        except (OSError, ValueError, TypeError, ImportError):
+            # A folder with weights only: the model is still usable (transformers 4.x then tries to convert
+            # a slow tokenizer that is not there, and may fail on a missing converter such as protobuf).
+            tok = None
     extra = {"dtype": dtype} if dtype is not None else {}
     model = getattr(transformers, model_cls).from_pretrained(name, config=config, **kwargs, **extra)
     return config, tok, model.eval()

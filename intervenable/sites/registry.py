@@ -22,7 +22,9 @@ The contract of a stack description:
   last ``window(config, layer)`` keys when a sliding window is described;
   ``None`` for a bidirectional stack); ``position_ids`` ``[1, q]`` when the
   layer takes them; ``position_embeddings=rotary(hidden, position_ids)`` when
-  ``rotary`` names the model's rotary module; the key/value cache under the
+  ``rotary`` names the model's rotary module (with ``rotary_in_layers``, a model
+  without that module is an older layout whose layers compute rotary themselves
+  from ``position_ids``: GPT-J before transformers 5.24); the key/value cache under the
   layer's cache keyword (``cache``, ``past_key_values``, ``past_key_value`` or
   ``layer_past``, found from its signature unless ``cache_arg`` is given),
   holding the corrupted keys/values of positions ``< start``; and
@@ -99,6 +101,9 @@ class Component:
     ``num_layers``: layer count of this component's stack when it differs from
     the family's (encoder / decoder, text / vision). ``hint``: appended to the
     error when the module is missing (e.g. a conversion step the user must run).
+    ``alternatives``: the same module's path in another module layout of the family (older
+    transformers: Mixtral's ``block_sparse_moe``, LLaVA's ``vision_tower.vision_model``), tried in
+    order when ``module`` is missing; ``module`` is the newest layout's path.
     """
 
     module: str
@@ -112,6 +117,11 @@ class Component:
     groups: Optional[ConfigFn] = None
     num_layers: Optional[ConfigFn] = None
     hint: str = ""
+    alternatives: Tuple[str, ...] = ()
+
+    def paths(self) -> Tuple[str, ...]:
+        """Every layout's path template, the newest first."""
+        return (self.module,) + tuple(self.alternatives)
 
 
 def _never(config: Any) -> bool:
@@ -155,6 +165,7 @@ class LayerStack:
     final: Tuple[str, ...] = ()
     head: Tuple[str, ...] = ()
     rotary: str = ""
+    rotary_in_layers: bool = False
     window: Optional[Callable[[Any, int], Optional[int]]] = None
     layer_kwargs: Optional[Callable[[Any], Dict[str, Any]]] = None
     logit_softcap: Optional[ConfigFn] = None

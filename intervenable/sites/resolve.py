@@ -115,6 +115,19 @@ class GroupedSliceSite(Site):
         return out.reshape(full.shape)
 
 
+def component_module(model: nn.Module, arch: Architecture, comp: Component, layer: Any = None,
+                     moe_key: Any = None) -> Tuple[str, Optional[nn.Module]]:
+    """The full path of ``comp`` at ``layer`` in ``model`` and its module, in the first layout the model
+    has (``Component.alternatives``); ``(newest layout's path, None)`` when it has none of them."""
+    prefix = base_prefix(model, arch)
+    paths = [(prefix + p.format(layer=layer, moe_key=moe_key)).rstrip(".") for p in comp.paths()]
+    for path in paths:
+        module = get_module(model, path)
+        if module is not None:
+            return path, module
+    return paths[0], None
+
+
 def _abstract_site(model: nn.Module, arch: Architecture, name: str, comp: Component, layer: Any, moe_key: Any) -> Site:
     config = getattr(model, "config", None)
     n_layers = _layer_count(model, arch, comp)
@@ -128,10 +141,7 @@ def _abstract_site(model: nn.Module, arch: Architecture, name: str, comp: Compon
             )
     if "{moe_key}" in comp.module and moe_key is None:
         raise ConfigError(f"Component {name!r} of {arch.name} needs 'moe_key' (the expert index).")
-    relative = comp.module.format(layer=layer, moe_key=moe_key)
-    path = base_prefix(model, arch) + relative
-    path = path.rstrip(".")
-    module = get_module(model, path)
+    path, module = component_module(model, arch, comp, layer, moe_key)
     if module is None:
         raise ComponentError(
             f"Component {name!r} of the {arch.name} table maps to module {path!r}, which "

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, FastPathFallbackWarning, InputError
 from ..sites.registry import find_architecture
 from .fast import check_stack, classify, record_corrupted, run_fast
 from .result import SweepResult
@@ -116,7 +116,7 @@ def _execute_inner(model: nn.Module, plan: Plan, clean_ids: torch.Tensor, corrup
     tick, close = _progress(len(rows), progress)
     path = "fast" if corrupted is not None else "general"
     if path == "general" and stack is not None:
-        warnings.warn(f"Sweep used the general batched path: {reason}.", stacklevel=4)
+        warnings.warn(f"Sweep used the general batched path: {reason}.", FastPathFallbackWarning, stacklevel=4)
     if path == "general" and fast:
         close()
         raise ConfigError(f"fast=True, but the fast path cannot run this sweep: {reason}. Use fast=None.")

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from ..errors import ComponentError
+from ..errors import ComponentError, FastPathFallbackWarning
 from ..sites.paths import get_module
 from ..sites.registry import Architecture, LayerStack, find_architecture
 from ..sites.residual import Readout, readout
@@ -123,8 +123,19 @@ def _tell_once(arch: Architecture) -> None:
         "sites/archs file to enable the fast path.", stacklevel=5)
 
 
+def _misfit(arch: Architecture, reason: str) -> Tuple[None, str]:
+    """A described family that does not fit the model: warned (``FastPathFallbackWarning``), not just noted."""
+    warnings.warn(f"The {arch.name!r} stack description does not fit this model ({reason}); the sweep uses the "
+                  "general batched path (same results, slower).", FastPathFallbackWarning, stacklevel=6)
+    return None, reason
+
+
 def build_stack(model: nn.Module) -> Tuple[Optional[Stack], str]:
-    """The model's ``Stack`` from its family's description, or None and the reason it cannot be used."""
+    """The model's ``Stack`` from its family's description, or None and the reason it cannot be used.
+
+    Variants the description excludes (``unsupported``, cross-attention, other attention kernels) are
+    only noted in the reason; a description that should apply but does not fit also warns.
+    """
     arch = find_architecture(model)
     config = getattr(model, "config", None)
     if arch is None or config is None:
@@ -145,22 +156,24 @@ def build_stack(model: nn.Module) -> Tuple[Optional[Stack], str]:
         n = int(arch.num_layers(config))
         layers = [resolve_component(model, "block_output", j).module for j in range(n)]
     except Exception as exc:  # noqa: BLE001 - any resolution problem means "not understood"
-        return None, f"the layers could not be resolved ({exc})"
+        return _misfit(arch, f"the layers could not be resolved ({exc})")
     prefix = base_prefix(model, arch).rstrip(".")
     base = get_module(model, prefix) if prefix else model
     try:
         read = readout(model)
     except ComponentError:
         return None, "the model has no output head (a language-model class is needed)"
+    params = [_params(layer) for layer in layers]
     rotary = None
     if desc.rotary:
         rotary = get_module(base, desc.rotary)
         if not isinstance(rotary, nn.Module):
-            return None, f"the model has no rotary module at {desc.rotary!r}"
-    params = [_params(layer) for layer in layers]
+            if not desc.rotary_in_layers or "position_embeddings" in params[0]:
+                return _misfit(arch, f"the model has no rotary module at {desc.rotary!r}")
+            rotary = None  # an older layout: each layer computes rotary from position_ids
     cache_arg = desc.cache_arg or next((a for a in _CACHE_ARGS if a in params[0]), "")
     if not desc.bidirectional and not cache_arg:
-        return None, "the layers take no key/value cache argument"
+        return _misfit(arch, "the layers take no key/value cache argument")
     windows = [desc.window(config, j) if desc.window is not None else None for j in range(n)]
     fixed = desc.layer_kwargs(config) if desc.layer_kwargs is not None else {}
     return Stack(layers, read, rotary, windows, desc.bidirectional, cache_arg, params, fixed), ""

@@ -81,8 +81,10 @@ GPTJ = register_architecture(
         num_layers=attr("n_layer", "num_hidden_layers"),
         components=_gptj,
         description="GPT-J: parallel attention and MLP, separate q/k/v projections.",
-        # Attention and MLP both read ln_1 of the block input.
-        stack=LayerStack(final=("ln_f",), rotary="rotary_emb",
+        # Attention and MLP both read ln_1 of the block input. transformers >= 5.24 computes rotary once
+        # in the model (rotary_emb); before, each attention layer computes it from position_ids (its own
+        # embed_positions buffer).
+        stack=LayerStack(final=("ln_f",), rotary="rotary_emb", rotary_in_layers=True,
                          residual=Residual(attention_norm=_H + ".ln_1", mlp_norm=_H + ".ln_1", parallel=lambda c: True,
                                            final_norm=Norm())),
     )

@@ -4,9 +4,11 @@ Plain names are the language model ``model.language_model.layers[i]`` (widths
 from ``text_config``); ``vision_*`` names are the vision tower's encoder
 ``model.vision_tower.encoder.layers[i]`` (CLIP layout: separate
 ``q/k/v/out_proj``, ``mlp.fc1`` / ``activation_fn`` / ``fc2``; widths from
-``vision_config``).
+``vision_config``; under transformers 4.x ``model.vision_tower.vision_model.encoder.layers[i]``).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ..registry import Architecture, attr, inp, out, register_architecture, sub
 from ._common import attention_components, block_components, hidden_size, on, prefixed
@@ -34,7 +36,11 @@ def clip_components(root: str, cfg, **extra):
 
 
 _components = llama_components("language_model.layers.{layer}", cfg=text)
-_components.update(prefixed("vision_", clip_components("vision_tower.encoder.layers.{layer}", vision, num_layers=vision_layers)))
+_vision = clip_components("vision_tower.encoder.layers.{layer}", vision, num_layers=vision_layers)
+# transformers 4.x: the tower is a CLIPVisionModel, its encoder one level down (vision_tower.vision_model.encoder).
+_vision = {name: replace(c, alternatives=(c.module.replace("vision_tower.", "vision_tower.vision_model.", 1),))
+           for name, c in _vision.items()}
+_components.update(prefixed("vision_", _vision))
 
 LLAVA = register_architecture(
     Architecture(

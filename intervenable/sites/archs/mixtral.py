@@ -10,7 +10,8 @@ After it, ``moe_key=e`` selects expert ``e``: ``mlp_input`` / ``mlp_output`` /
 (2-D; the expert's output before the routing weight), as in the reference.
 ``moe_output`` / ``moe_input`` are the whole sparse-MoE block (no ``moe_key``). ``mlp_gate_output`` is
 the router's logits ``[tokens, num_local_experts]`` (read-only: routing uses
-the router's other outputs).
+the router's other outputs). transformers 4.x lays the block out as ``block_sparse_moe`` with one
+module per expert: the same names resolve there, without ``split_experts`` (a no-op on it).
 """
 from __future__ import annotations
 
@@ -83,15 +84,24 @@ def split_experts(model: nn.Module) -> nn.Module:
     return model
 
 
+def _moe(path: str) -> dict:
+    """``layers.{layer}.mlp<path>`` and, as the transformers 4.x layout, ``layers.{layer}.block_sparse_moe<path>``
+    (its experts are a ModuleList already, ``w1``/``w3``/``w2``, so no split is needed there)."""
+    return {"alternatives": ("layers.{layer}.block_sparse_moe" + path,)}
+
+
+_E = ".experts.{moe_key}"
 _components: Any = llama_components()
 _components.update(
     {
-        "mlp_activation": out("layers.{layer}.mlp.experts.{moe_key}.act_fn", attr("intermediate_size"), hint=_HINT),
-        "mlp_output": out("layers.{layer}.mlp.experts.{moe_key}", hidden_size, hint=_HINT),
-        "mlp_input": inp("layers.{layer}.mlp.experts.{moe_key}", hidden_size, hint=_HINT),
-        "moe_output": out("layers.{layer}.mlp", hidden_size),
-        "moe_input": inp("layers.{layer}.mlp", hidden_size),
-        "mlp_gate_output": out("layers.{layer}.mlp.gate", attr("num_local_experts"), writable=False),
+        "mlp_activation": out("layers.{layer}.mlp" + _E + ".act_fn", attr("intermediate_size"), hint=_HINT,
+                              **_moe(_E + ".act_fn")),
+        "mlp_output": out("layers.{layer}.mlp" + _E, hidden_size, hint=_HINT, **_moe(_E)),
+        "mlp_input": inp("layers.{layer}.mlp" + _E, hidden_size, hint=_HINT, **_moe(_E)),
+        "moe_output": out("layers.{layer}.mlp", hidden_size, **_moe("")),
+        "moe_input": inp("layers.{layer}.mlp", hidden_size, **_moe("")),
+        "mlp_gate_output": out("layers.{layer}.mlp.gate", attr("num_local_experts"), writable=False,
+                               **_moe(".gate")),
     }
 )
 
@@ -104,6 +114,6 @@ MIXTRAL = register_architecture(
         description="Mixtral: LLaMA attention + sparse MoE; expert components need split_experts(model) and moe_key.",
         # Routing is per token, inside the layer: nothing more to describe for the fast path; the whole
         # sparse-MoE block is what the MLP adds to the residual stream.
-        stack=replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, mlp=out("layers.{layer}.mlp", hidden_size))),
+        stack=replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, mlp=_components["moe_output"])),
     )
 )
