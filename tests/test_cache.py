@@ -84,9 +84,8 @@ PATHS = {
     "gpt_neox": ("gpt_neox.layers.{}", "gpt_neox.layers.{}.attention", "gpt_neox.layers.{}.mlp",
                  "gpt_neox.layers.{}.attention.dense"),
 }
-READOUT = {  # final norm, head, soft-capping attribute
-    "gpt2": ("transformer.ln_f", "lm_head"), "llama": ("model.norm", "lm_head"),
-    "gemma2": ("model.norm", "lm_head"), "gpt_neox": ("gpt_neox.final_layer_norm", "lm_head"),
+READOUT = {  # the final norm (the head is the model's output embeddings: lm_head, or embed_out on 4.x NeoX)
+    "gpt2": "transformer.ln_f", "llama": "model.norm", "gemma2": "model.norm", "gpt_neox": "gpt_neox.final_layer_norm",
 }
 
 
@@ -122,7 +121,7 @@ def plain_hooks(model, name: str, ids: torch.Tensor) -> Tuple[Any, Dict[Tuple[st
 
 
 def hand_readout(model, name: str, resid: torch.Tensor, cap: bool = True) -> torch.Tensor:
-    norm, head = (model.get_submodule(p) for p in READOUT[name])
+    norm, head = model.get_submodule(READOUT[name]), model.get_output_embeddings()
     with torch.no_grad():
         logits = head(norm(resid))
     softcap = getattr(model.config, "final_logit_softcapping", None)

@@ -192,7 +192,8 @@ def random_gemma2(seed: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 256)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   model_input_names=["input_ids", "attention_mask"])  # as Gemma's (4.x adds token_type_ids otherwise)
     torch.manual_seed(seed)
     config = Gemma2Config(vocab_size=259, hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=LAYER + 1,
                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,

@@ -58,8 +58,13 @@ def test_splicing_with_the_error_term_leaves_logits_unchanged(name: str) -> None
     block = MODEL.transformer.h[sae.layer]
     module, reads_input = {"block_output": (block, False), "block_input": (block, True),
                            "mlp_output": (block.mlp, False), "mlp_residual": (block.mlp, sae.is_transcoder)}[sae.component]
-    handle = (module.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0])) if reads_input else
-              module.register_forward_hook(lambda m, a, o: seen.setdefault("x", o[0] if isinstance(o, tuple) else o)))
+    def read_input(m, a) -> None:  # hooks return None: the model's values stay as they are
+        seen.setdefault("x", a[0])
+
+    def read_output(m, a, o) -> None:
+        seen.setdefault("x", o[0] if isinstance(o, tuple) else o)
+
+    handle = module.register_forward_pre_hook(read_input) if reads_input else module.register_forward_hook(read_output)
     try:
         with torch.no_grad():
             MODEL(BASE)
