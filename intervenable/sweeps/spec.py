@@ -176,6 +176,9 @@ def make_metric(metric: Metric, target: Optional[int], foil: Optional[int] = Non
         return lambda logits: logits.float()[:, target]
     if foil is None:
         raise InputError("Metric 'logit_diff' needs a foil token (the wrong answer): pass foil=...")
+    if int(foil) == int(target):
+        raise InputError(f"Metric 'logit_diff': the foil is the target (token {target}), so every score would be 0. "
+                         "Give a foil that is the wrong answer, a different token.")
     return lambda logits: logits.float()[:, target] - logits.float()[:, foil]
 
 
@@ -254,6 +257,11 @@ def token_text(tid: Optional[int], tokenizer: Any = None) -> Optional[str]:
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two equally shaped tensors (ties broken by order), e.g. estimate vs exact."""
+    for name, x in (("first", a), ("second", b)):
+        if x.numel() < 2 or bool((x.flatten() == x.flatten()[0]).all()):
+            raise InputError(f"spearman: the {name} tensor is constant, so it has no ranking to correlate (the "
+                             "correlation is undefined, not perfect). Compare tensors that vary.")
+
     def ranks(x: torch.Tensor) -> torch.Tensor:
         x = x.flatten().double()
         r = torch.empty_like(x)
