@@ -54,7 +54,7 @@ _EXPORTS: Dict[str, Tuple[str, ...]] = {
     ".sites.archs.mixtral": ("split_experts",),
     ".sites": ("Architecture", "Component", "LayerStack", "Site", "list_components", "register_architecture",
                "resolve_component"),
-    ".sweeps": ("SweepResult", "attribution_patching", "causal_trace", "patching_sweep"),
+    ".sweeps": ("DatasetResult", "SweepResult", "attribution_patching", "causal_trace", "patching_sweep"),
     ".training": ("eval_alignment", "train_alignment"),
 }
 
@@ -80,6 +80,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .sites import (Architecture, Component, LayerStack, Site, list_components,  # noqa: F401
                         register_architecture, resolve_component)
     from .sites.archs.mixtral import split_experts  # noqa: F401
-    from .sweeps import SweepResult, attribution_patching, causal_trace, patching_sweep  # noqa: F401
+    from .sweeps import DatasetResult, SweepResult, attribution_patching, causal_trace, patching_sweep  # noqa: F401
     from .training import eval_alignment, train_alignment  # noqa: F401
     from .type_mappings import type_to_dimension_mapping, type_to_module_mapping  # noqa: F401
