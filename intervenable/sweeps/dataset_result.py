@@ -77,9 +77,14 @@ class DatasetResult:
         return self.average(align, normalise=normalise).plot(path, title=title)
 
     def summary(self, align: Optional[str] = None, normalise: bool = False) -> str:
+        """The counts (ran, resumed from ``save_to``, failed) and the average's summary."""
+        avg = self.average(align, normalise=normalise)
+        resumed = self.info.get("resumed", 0)
         lines = [f"{self.kind} over {len(self)} examples ({len(self.finished)} ran"
-                 + (f", {len(self.errors)} failed: {sorted(self.errors)[:10]}" if self.errors else "") + ")"]
-        lines += self.average(align, normalise=normalise).summary().splitlines()
+                 + (f", {resumed} of them resumed from save_to" if resumed else "")
+                 + (f", {len(self.errors)} failed: {sorted(self.errors)[:10]}" if self.errors else "") + "); "
+                 + f"average {avg.info['align']} aligned" + (", normalised" if normalise else "")]
+        lines += avg.summary().splitlines()
         return "\n".join(lines)
 
     def to_pandas(self) -> Any:
