@@ -6,7 +6,9 @@ the further tokens are each one sample of their row; ``"end"`` aligns the last `
 (``K``: the shortest example); ``marks`` (``{"S1": 3, "IO": 5, "END": -1}`` per example) give
 one row per name; ``None`` needs the same positions in every example. ``normalise=True`` first
 maps each example to ``(patched - corrupted) / (clean - corrupted)``. Rows report the mean and
-the standard error over their samples (``tensors["stderr"]``, ``tensors["count"]``).
+the standard error over their samples (``tensors["stderr"]``, ``tensors["count"]``); a row
+without samples (no middle subject token in any example) is left out and named in
+``info["empty_rows"]``.
 """
 from __future__ import annotations
 
@@ -109,19 +111,23 @@ def aligned_average(results: Sequence[Tuple[int, SweepResult]], align: Optional[
     for row in range(len(labels)):
         samples = [v[:, :, q] for v, g in zip(vals, groups) for q in g[row]]
         counts.append(len(samples))
-        if not samples:
-            means.append(torch.full_like(first.values[:, :, 0], float("nan")))
-            errs.append(torch.full_like(first.values[:, :, 0], float("nan")))
+        if not samples:  # e.g. no middle subject token when every subject has two tokens: left out
             continue
         stacked = torch.stack(samples).double()
         means.append(stacked.mean(0).float())
         errs.append((stacked.std(0) / len(samples) ** 0.5).float() if len(samples) > 1
                     else torch.full_like(stacked[0], float("nan")).float())
+    empty = [name for name, c in zip(labels, counts) if c == 0]
+    subject_rows = sum(1 for name, c in zip(labels[:3], counts[:3]) if c) if align == "subject" else 0
+    labels = [name for name, c in zip(labels, counts) if c]
+    counts = [c for c in counts if c]
     scores = [(r.clean_score, r.corrupted_score) for _, r in results]
     info: Dict[str, Any] = {k: first.info[k] for k in ("window", "sever", "samples", "method") if k in first.info}
     info.update(examples=len(results), align=align or "position", normalised=bool(normalise),
                 clean_score=1.0 if normalise else sum(c for c, _ in scores) / len(scores),
                 corrupted_score=0.0 if normalise else sum(c for _, c in scores) / len(scores))
+    if empty:
+        info["empty_rows"] = ", ".join(empty)
     targets = {r.target for _, r in results}
     if len(targets) == 1:
         info["target_text"] = first.info.get("target_text")
@@ -129,5 +135,5 @@ def aligned_average(results: Sequence[Tuple[int, SweepResult]], align: Optional[
                        positions=list(range(len(labels))), tokens=labels,
                        metric=f"normalised {first.metric}" if normalise else first.metric,
                        target=first.target if len(targets) == 1 else None, kind=f"average {first.kind}",
-                       heads=first.heads, subject=(0, 3) if align == "subject" else None, info=info,
+                       heads=first.heads, subject=(0, subject_rows) if subject_rows else None, info=info,
                        tensors={"stderr": torch.stack(errs, dim=2), "count": torch.tensor(counts)})

@@ -23,8 +23,7 @@ from ..sites.site import Site
 from .execute import eval_no_grad
 from .fast import Corrupted, check_stack, classify, record_corrupted
 from .plans import Job, combine_samples
-from .runner import (Values, auto_batch_size, capture, embedding_noise_hook, logits_kwargs, logits_of, write_hook,
-                     write_value)
+from .runner import Values, auto_batch_size, capture, embedding_noise_hook, logits_kwargs, logits_of, write_hook
 from .spec import Row
 from .stack import PrefixCache, Stack, build_stack
 
@@ -109,8 +108,7 @@ def _run_sample(model: nn.Module, jobs: Sequence[Job], noises: Sequence[Any], ba
             why = check_stack(stack, corrupted)
             if why:
                 corrupted, reason = None, why
-        values = [{"clean": {k: v[e:e + 1] for k, v in clean_vals.items()},
-                   "corrupted": {k: v[e:e + 1] for k, v in corrupt_vals.items()}} for e in range(len(jobs))]
+        values = {"clean": clean_vals, "corrupted": corrupt_vals}  # [examples, T, ...] per site
         bs = batch_size or auto_batch_size(model, T, len(items), memory_budget)
         path = "fast" if corrupted is not None else "general"
         if path == "general" and stack is not None:
@@ -148,25 +146,49 @@ def _score(logits: torch.Tensor, examples: Sequence[int], fns: Sequence[Callable
     return out
 
 
-def _group(items: Sequence[Item], values: Sequence[Values], sites: Dict[str, Site], offset: int = 0,
+def _gather(sites: Dict[str, Site], values: Values, key: str, sources: List[str], ex: List[int], pos: List[int],
+            heads: List[Optional[int]]) -> torch.Tensor:
+    """The cached values ``[k, width]`` (or ``[k, head_dim]``) of site ``key`` for each (source, example, position[, head])."""
+    out: Optional[torch.Tensor] = None
+    for src in dict.fromkeys(sources):
+        view = sites[key].to_view(values[src][key])  # [examples, (heads,) T, ...]
+        idx = [k for k, s in enumerate(sources) if s == src]
+        e = torch.tensor([ex[k] for k in idx], device=view.device)
+        p = torch.tensor([pos[k] for k in idx], device=view.device)
+        got = view[e, torch.tensor([heads[k] for k in idx], device=view.device), p] if heads[0] is not None else view[e, p]
+        if len(idx) == len(sources):
+            return got
+        if out is None:
+            out = got.new_empty((len(sources),) + tuple(got.shape[1:]))
+        out[torch.tensor(idx, device=view.device)] = got
+    return out
+
+
+def _group(items: Sequence[Item], values: Values, sites: Dict[str, Site], offset: int = 0,
            skip: Optional[Callable[[Any], bool]] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]]:
-    """Per site: (batch rows, positions - offset, heads or None, values), each row's value from its example."""
-    acc: Dict[str, List[Tuple[int, int, Optional[int], torch.Tensor]]] = {}
+    """Per site: (batch rows, positions - offset, heads or None, values), each row's value from its example
+    (``values``: every example's cached runs, ``[examples, T, ...]`` per site)."""
+    acc: Dict[str, Tuple[List[int], List[str], List[int], List[int], List[Optional[int]]]] = {}
     for r, (e, row) in enumerate(items):
         for w in row:
             if skip is not None and skip(w):
                 continue
-            acc.setdefault(w.site, []).append((r, w.pos - offset, w.head, write_value(values[e], sites, w)))
+            a = acc.setdefault(w.site, ([], [], [], [], []))
+            a[0].append(r)
+            a[1].append(w.source)
+            a[2].append(e)
+            a[3].append(w.pos)
+            a[4].append(w.head)
     out = {}
-    for key, got in acc.items():
-        out[key] = (torch.tensor([i[0] for i in got]), torch.tensor([i[1] for i in got]),
-                    torch.tensor([i[2] for i in got]) if got[0][2] is not None else None,
-                    torch.stack([i[3] for i in got]))
+    for key, (rows, sources, ex, pos, heads) in acc.items():
+        out[key] = (torch.tensor(rows), torch.tensor(pos) - offset,
+                    torch.tensor(heads) if heads[0] is not None else None,
+                    _gather(sites, values, key, sources, ex, pos, heads))
     return out
 
 
 def _general(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site], items: Sequence[Item],
-             values: Sequence[Values], fns: Sequence[Callable], batch_size: int,
+             values: Values, fns: Sequence[Callable], batch_size: int,
              noise: Optional[Tuple[torch.Tensor, int, int]]) -> Tuple[torch.Tensor, int]:
     scores: List[torch.Tensor] = []
     kwargs = logits_kwargs(model)
@@ -188,7 +210,7 @@ def _general(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site], items:
 
 
 def _fast(stack: Stack, kinds: Dict[str, Tuple[int, bool]], corrupted: Corrupted, sites: Dict[str, Site],
-          items: Sequence[Item], values: Sequence[Values], fns: Sequence[Callable],
+          items: Sequence[Item], values: Values, fns: Sequence[Callable],
           batch_size: int) -> Tuple[torch.Tensor, int]:
     """Rows of all examples grouped by first patched position, sorted by first layer; the head at the end."""
     L = len(stack.layers)
@@ -227,14 +249,12 @@ def _chunk(stack: Stack, kinds, corrupted: Corrupted, sites, items, values, p: i
     ctx = stack.context(p, T, like)
     cache = None if stack.bidirectional else RowPrefixCache(corrupted.kv, p, ex)
     is_block = lambda w: kinds[w.site][1]  # noqa: E731
-    block_items: Dict[int, List[Tuple[int, int, torch.Tensor]]] = {}
-    for r, (e, row) in enumerate(chunk_items):
-        for w in row:
-            if is_block(w):
-                block_items.setdefault(kinds[w.site][0], []).append((r, w.pos - p, write_value(values[e], sites, w)))
-    block = {j: (torch.tensor([b[0] for b in got], device=like.device), torch.tensor([b[1] for b in got], device=like.device),
-                 torch.stack([b[2] for b in got]))
-             for j, got in block_items.items()}
+    # Writes at the block output of layer j, applied directly (no hook): per layer, (rows, positions, values).
+    block: Dict[int, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for key, (r, pos, _, v) in _group(chunk_items, values, sites, offset=p, skip=lambda w: not is_block(w)).items():
+        got = (r.to(like.device), pos.to(like.device), v)
+        j = kinds[key][0]
+        block[j] = got if j not in block else tuple(torch.cat([a, b]) for a, b in zip(block[j], got))
     hooked = _group(chunk_items, values, sites, offset=p, skip=is_block)
     by_layer: Dict[int, List[str]] = {}
     for key in hooked:
