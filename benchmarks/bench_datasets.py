@@ -80,6 +80,11 @@ def child(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
+    if args.child != "pyvene":
+        sys.path.insert(0, str(ROOT))
+        import intervenable.sweeps  # noqa: F401 - imported before the clock starts, like pyvene below
+    else:
+        import pyvene  # noqa: F401
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, attn_implementation="eager").eval()
     data = json.loads(Path(args.pairs_file).read_text())
     bases, sources, targets = data["bases"], data["sources"], data["targets"]

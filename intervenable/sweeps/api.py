@@ -7,9 +7,11 @@ One prompt runs the single-example path (``plans.py`` + ``execute.py``); a datas
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 from torch import nn
+
+from ..errors import InputError
 
 from .dataset import run_dataset
 from .dataset_result import DatasetResult
@@ -51,6 +53,9 @@ def patching_sweep(model: nn.Module, base: Any, source: Any = None, target: Any 
             components=components, layers=layers, positions=positions, heads=heads, together=together,
             metric=metric, tokenizer=tokenizer, batch_size=batch_size), memory_budget=memory_budget, fast=fast,
             progress=progress, save_to=save_to, on_error=on_error, examples_per_batch=examples_per_batch)
+    if source is None:
+        raise InputError("patching_sweep needs source=... (the clean prompt whose activations are copied in), "
+                         "or rows of a dataset with 'base' and 'source'.")
     job = prepare_patch(model, base, source, target, components=components, layers=layers, positions=positions,
                         heads=heads, metric=metric, foil=foil, tokenizer=tokenizer, batch_size=batch_size,
                         together=together)

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from .dataset import run_dataset
 from .dataset_result import DatasetResult
 from .examples import is_dataset
@@ -38,7 +38,7 @@ METHODS = ("atp", "ig", "eap-ig")
 DEFAULT_STEPS = 8
 
 
-def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any = None, *,
+def attribution_patching(model: nn.Module, base: Any, source: Any = None, target: Any = None, *,
                          components: Sequence[str] = ("block_output",), layers: Optional[Sequence[int]] = None,
                          positions: Optional[Sequence[int]] = None, heads: Union[None, str, Sequence[int]] = None,
                          together: bool = False, metric: Metric = "prob", foil: Any = None, tokenizer: Any = None,
@@ -83,6 +83,9 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
                            dict(components=components, layers=layers, batch_size=batch_size, tokenizer=tokenizer),
                            progress=progress, save_to=save_to, on_error=on_error, run_one=one,
                            record_options=options)
+    if source is None:
+        raise InputError("attribution_patching needs source=... (the clean prompt whose activations are copied in), "
+                         "or rows of a dataset with 'base' and 'source'.")
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r}: use 'atp' (linear estimate), 'ig' (integrated gradients on "
                           "the sites) or 'eap-ig' (on the token embeddings); for exact patching call patching_sweep.")
