@@ -277,3 +277,13 @@ def test_degenerate_inputs_are_errors() -> None:
     with pytest.raises(InputError, match="constant"):
         spearman(torch.ones(5), torch.ones(5))
     assert spearman(torch.arange(5.0), -torch.arange(5.0)) == pytest.approx(-1.0)
+
+
+def test_progress_bar_counts_examples(capsys) -> None:
+    model = gpt2()
+    ps = pairs()
+    patching_sweep(model, [k for _, k in ps], [c for c, _ in ps], TARGETS, progress=True)
+    err = capsys.readouterr().err
+    assert "4/4" in err and "example" in err
+    patching_sweep(model, [k for _, k in ps], [c for c, _ in ps], TARGETS, progress=False)
+    assert capsys.readouterr().err == ""
