@@ -43,19 +43,20 @@ def demo_pairs(n: int) -> Tuple[List[List[int]], List[List[int]], List[int]]:
 
     _, tok = load_demo_model()
     facts = demo_facts()
+    ids = [tok(f["prompt"])["input_ids"] for f in facts]
+    by_kind: Dict[Any, List[int]] = {}
+    for k, f in enumerate(facts):
+        by_kind.setdefault((f["relation"], f["template_id"], len(ids[k])), []).append(k)
     bases, sources, targets = [], [], []
     for k, f in enumerate(facts):
         if len(bases) == n:
             break
-        ids = tok(f["prompt"])["input_ids"]
-        for g in facts[k + 1:]:
-            other = tok(g["prompt"])["input_ids"]
-            if (g["relation"], g["template_id"]) == (f["relation"], f["template_id"]) and len(other) == len(ids) \
-                    and g["target"] != f["target"]:
-                bases.append(other)
-                sources.append(ids)
-                targets.append(tok.convert_tokens_to_ids(f["target"]))
-                break
+        other = next((g for g in by_kind[(f["relation"], f["template_id"], len(ids[k]))]
+                      if g > k and facts[g]["target"] != f["target"]), None)
+        if other is not None:
+            bases.append(ids[other])
+            sources.append(ids[k])
+            targets.append(tok.convert_tokens_to_ids(f["target"]))
     return bases, sources, targets
 
 

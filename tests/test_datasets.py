@@ -104,12 +104,18 @@ def test_severed_trace_and_heads_list_equal_single_calls() -> None:
 def test_attribution_list_equals_single_calls() -> None:
     model = gpt2()
     ps = pairs()
-    for method in ("atp", "ig"):
-        r = attribution_patching(model, [k for _, k in ps], [c for c, _ in ps], TARGETS, method=method,
-                                 components=["block_output", "attention_output"])
+    for kw in (dict(method="atp", verify=3), dict(method="ig"), dict(method="atp", together=True)):
+        r = attribution_patching(model, [k for _, k in ps], [c for c, _ in ps], TARGETS,
+                                 components=["block_output", "attention_output"], **kw)
         for i, (clean, corrupt) in enumerate(ps):
-            same(r.per_example[i], attribution_patching(model, corrupt, clean, TARGETS[i], method=method,
-                                                        components=["block_output", "attention_output"]))
+            one = attribution_patching(model, corrupt, clean, TARGETS[i], components=["block_output", "attention_output"],
+                                       **kw)
+            same(r.per_example[i], one)
+            if "verify" in kw:
+                torch.testing.assert_close(r.per_example[i].tensors["exact"], one.tensors["exact"], atol=TOL, rtol=0,
+                                           equal_nan=True)
+        if kw["method"] == "atp":  # the two 6-token examples shared one forward and one backward
+            assert r.per_example[0].info["examples_per_batch"] == 2 and r.per_example[1].info["examples_per_batch"] == 1
 
 
 def test_heads_patched_at_every_position_together_match_a_plain_hook() -> None:

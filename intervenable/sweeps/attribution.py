@@ -28,10 +28,10 @@ from .dataset_result import DatasetResult
 from .examples import is_dataset
 from .execute import execute as _execute
 from .execute import n_layers as _n_layers
-from .gradients import activations_only, attribution_per_site, site_gradients, site_path_gradients
+from .gradients import activations_only, attribution_per_site, row_gradients, site_gradients, site_path_gradients
 from .result import SweepResult
 from .runner import auto_batch_size, budget_bytes, capture
-from .plans import finish, prepare_patch
+from .plans import Job, finish, prepare_patch
 from .spec import Metric, Plan
 
 METHODS = ("atp", "ig", "eap-ig")
@@ -78,11 +78,18 @@ def attribution_patching(model: nn.Module, base: Any, source: Any = None, target
             return attribution_patching(model, ex.corrupted, ex.clean, ex.target, foil=ex.foil, progress=False,
                                         **options)
 
-        return run_dataset("attribution_patching", model, dict(base=base, source=source, target=target, foil=foil,
-                                                               marks=marks),
-                           dict(components=components, layers=layers, batch_size=batch_size, tokenizer=tokenizer),
-                           progress=progress, save_to=save_to, on_error=on_error, run_one=one,
-                           record_options=options)
+        fields = dict(base=base, source=source, target=target, foil=foil, marks=marks)
+        if method != "atp" or steps is not None:
+            return run_dataset("attribution_patching", model, fields,
+                               dict(components=components, layers=layers, batch_size=batch_size, tokenizer=tokenizer),
+                               progress=progress, save_to=save_to, on_error=on_error, run_one=one,
+                               record_options=options)
+        # AtP: examples of one length share the clean forward, the probed base forward and the backward.
+        plan_options = dict(components=components, layers=layers, positions=positions, heads=heads,
+                            together=together, metric=metric, tokenizer=tokenizer, batch_size=batch_size)
+        return run_dataset("attribution_patching", model, fields, plan_options, progress=progress, save_to=save_to,
+                           on_error=on_error, record_options=options, memory_budget=memory_budget,
+                           run_batch=lambda jobs: _atp_batch(model, jobs, verify, batch_size, memory_budget, fast))
     if source is None:
         raise InputError("attribution_patching needs source=... (the clean prompt whose activations are copied in), "
                          "or rows of a dataset with 'base' and 'source'.")
@@ -101,10 +108,7 @@ def attribution_patching(model: nn.Module, base: Any, source: Any = None, target
                         together=together, kind="attribution_patching")
     clean_ids, base_ids, fn, plan, head_list = job.clean_ids, job.corrupt_ids, job.fn, job.plan, job.heads
     pos = job.extra_info.get("together_positions", job.positions)
-    for key, site in plan.sites.items():
-        if not site.writable:
-            raise ConfigError(f"{key!r} is a read-only site ({site.describe()}): it cannot be patched, so it has "
-                              "no patching effect to estimate. Pick a writable component.")
+    _check_writable(plan.sites)
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     clean_ids, base_ids = clean_ids.to(device), base_ids.to(device)
@@ -140,6 +144,55 @@ def attribution_patching(model: nn.Module, base: Any, source: Any = None, target
         _verify(result, model, plan, scores, int(verify), clean_ids, base_ids, fn, batch_size, memory_budget, fast,
                 progress)
     return result
+
+
+def _check_writable(sites: Dict[str, Any]) -> None:
+    for key, site in sites.items():
+        if not site.writable:
+            raise ConfigError(f"{key!r} is a read-only site ({site.describe()}): it cannot be patched, so it has "
+                              "no patching effect to estimate. Pick a writable component.")
+
+
+def _atp_batch(model: nn.Module, jobs: List[Job], verify: Optional[int], batch_size: Optional[int],
+               memory_budget: Optional[int], fast: Optional[bool]) -> List[SweepResult]:
+    """AtP for examples of one length: one clean forward, one probed base forward and one backward for all;
+    each example's cells as its single call computes them (``verify`` per example)."""
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    sites: Dict[str, Any] = {}
+    for job in jobs:
+        _check_writable(job.plan.sites)
+        sites.update(job.plan.sites)
+    clean_ids = torch.cat([j.clean_ids for j in jobs]).to(device)
+    base_ids = torch.cat([j.corrupt_ids for j in jobs]).to(device)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return torch.cat([job.fn(logits[k:k + 1]) for k, job in enumerate(jobs)])
+
+    with activations_only(model):
+        with torch.no_grad():
+            clean_logits, src = capture(model, clean_ids, sites, sites.keys())
+        base_scores, base_acts, grads = row_gradients(model, base_ids, sites, metric)
+    seconds = (time.perf_counter() - t0) / len(jobs)
+    results = []
+    for k, job in enumerate(jobs):
+        def row(acts: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+            return {key: acts[key][k:k + 1] for key in job.plan.sites}
+        attr = attribution_per_site(job.plan.sites, row(base_acts), row(src), row(grads))
+        corrupted_score = float(base_scores[k])
+        table = {key: a.tolist() for key, a in attr.items()}
+        scores = torch.tensor([corrupted_score + sum(_cell(table, w) for w in r) for r in job.plan.rows],
+                              dtype=torch.float64).float()
+        info: Dict[str, Any] = {"path": "atp", "method": "atp", "fallback_reason": "", "batch_size": 1, "forwards": 2,
+                                "backwards": 1, "seconds": seconds, "examples_per_batch": len(jobs),
+                                "clean_score": float(job.fn(clean_logits[k:k + 1].float())[0]),
+                                "corrupted_score": corrupted_score}
+        result = finish(job, scores, info)
+        if verify:
+            _verify(result, model, job.plan, scores, int(verify), job.clean_ids.to(device), job.corrupt_ids.to(device),
+                    job.fn, batch_size, memory_budget, fast, False)
+        results.append(result)
+    return results
 
 
 def _cell(table: Dict[str, list], write: Any) -> float:

@@ -32,6 +32,7 @@ MAX_EXAMPLES_PER_BATCH = 64
 RESULT_IGNORED = ("batch_size", "memory_budget", "fast", "progress", "examples_per_batch", "tokenizer")
 
 RunOne = Callable[[Example, int], SweepResult]
+RunBatch = Callable[[List[Job]], List[SweepResult]]
 
 
 def parse(kind: str, fields: Dict[str, Any]) -> List[Example]:
@@ -55,7 +56,7 @@ def _prepare(kind: str, model: nn.Module, ex: Example, i: int, options: Dict[str
     if ex.corrupted is None:
         raise InputError("it has no base (corrupted) prompt: give 'base' (the prompt that is run and patched) "
                          "and 'source' (the prompt whose activations are copied in).")
-    return prepare_patch(model, ex.corrupted, ex.clean, ex.target, foil=ex.foil, **options)
+    return prepare_patch(model, ex.corrupted, ex.clean, ex.target, foil=ex.foil, kind=kind, **options)
 
 
 def _auto_examples(model: nn.Module, job: Job, memory_budget: Optional[int]) -> int:
@@ -76,9 +77,11 @@ def _fail(i: int, exc: Exception) -> IntervenableError:
 def run_dataset(kind: str, model: nn.Module, fields: Dict[str, Any], options: Dict[str, Any], *,
                 memory_budget: Optional[int] = None, fast: Optional[bool] = None, progress: Optional[bool] = None,
                 save_to: Any = None, on_error: str = "raise", examples_per_batch: Optional[int] = None,
-                run_one: Optional[RunOne] = None, record_options: Optional[Dict[str, Any]] = None) -> DatasetResult:
-    """Run ``kind`` over the examples of ``fields``; ``run_one(example, index)`` instead of shared batches
-    when given (a sweep without a batched dataset path, e.g. attribution patching)."""
+                run_one: Optional[RunOne] = None, run_batch: Optional[RunBatch] = None,
+                record_options: Optional[Dict[str, Any]] = None) -> DatasetResult:
+    """Run ``kind`` over the examples of ``fields``: each length's jobs in shared batches (``multi.py``, or
+    ``run_batch(jobs)``, e.g. AtP's shared backward), or ``run_one(example, index)`` one by one (a sweep
+    without a batched dataset path, e.g. integrated gradients)."""
     if on_error not in ("raise", "skip"):
         raise ConfigError(f"on_error must be 'raise' (stop at the first example that cannot run) or 'skip' (report "
                           f"it and go on); got {on_error!r}.")
@@ -117,7 +120,7 @@ def run_dataset(kind: str, model: nn.Module, fields: Dict[str, Any], options: Di
                         report(i, exc)
                         tick(1)
                 _batched(model, jobs, done, store, tick, options.get("batch_size"), memory_budget, fast,
-                         examples_per_batch)
+                         examples_per_batch, run_batch)
     finally:
         close()
     if world > 1:
@@ -144,7 +147,7 @@ def _each(mine: List[int], exs: List[Example], run_one: RunOne, done: Dict[int, 
 
 def _batched(model: nn.Module, jobs: Dict[int, Job], done: Dict[int, SweepResult], store: Optional[ResultStore],
              tick: Callable[[int], None], batch_size: Optional[int], memory_budget: Optional[int],
-             fast: Optional[bool], examples_per_batch: Optional[int]) -> None:
+             fast: Optional[bool], examples_per_batch: Optional[int], run_batch: Optional[RunBatch] = None) -> None:
     """Jobs grouped by prompt length, ``examples_per_batch`` at a time in shared forwards, stored as they finish."""
     by_length: Dict[int, List[int]] = {}
     for i, job in jobs.items():
@@ -154,9 +157,13 @@ def _batched(model: nn.Module, jobs: Dict[int, Job], done: Dict[int, SweepResult
         step = int(examples_per_batch) if examples_per_batch else _auto_examples(model, jobs[idx[0]], memory_budget)
         for c in range(0, len(idx), step):
             chunk = idx[c:c + step]
-            outs = run_jobs(model, [jobs[i] for i in chunk], batch_size, memory_budget, fast)
-            for i, (scores, info) in zip(chunk, outs):
-                done[i] = finish(jobs[i], scores, info)
+            if run_batch is not None:
+                results = run_batch([jobs[i] for i in chunk])
+            else:
+                results = [finish(jobs[i], scores, info) for i, (scores, info) in
+                           zip(chunk, run_jobs(model, [jobs[i] for i in chunk], batch_size, memory_budget, fast))]
+            for i, result in zip(chunk, results):
+                done[i] = result
                 if store is not None:
                     store.put(i, done[i])
             tick(len(chunk))
