@@ -6,14 +6,15 @@ Two models (CPU, eager attention, float32):
 * ``demo``: the embedded demo GPT-2 (8 layers, 96 wide), 100 counterfactual pairs of its facts (same
   relation and template, another subject of the same length; 6 to 11 tokens);
 * ``gpt2``: a GPT-2-small-shaped random model (12 layers, 768 wide, 12 heads, vocabulary 50257), 100
-  random pairs of 10, 12 or 14 tokens whose "subject" (3 tokens) differs.
+  random pairs of 8, 9 or 10 tokens whose "subject" (3 tokens) differs.
 
 Each pair is an activation-patching sweep of every block output (layer x position), probability of a
 target token. Methods: (1) ``patching_sweep(model, bases, sources, targets)``, the list call; (2) a
 Python loop over ``patching_sweep`` on each pair; (3) pyvene as its documentation shows (a new
 ``IntervenableModel`` per (layer, position), one forward each), run by the Python of a separate venv
 (``--pyvene-python`` or ``$PYVENE_PYTHON``; "not installed" when absent) on the first
-``--pyvene-pairs`` pairs; its per-pair time is scaled to 100 pairs. Each method runs in its own
+``--pyvene-pairs`` pairs (and the loop on ``--loop-pairs``, default all): their costs are compared per
+pair, which does not depend on how many pairs they run (the list call's does: it runs all of them). Each method runs in its own
 subprocess with ``--threads`` threads; CPU seconds are the child's. The cost per example is also
 given in plain-forward equivalents: CPU seconds per pair / CPU seconds of one plain forward of a pair's
 prompt (batch 1), measured in the same child. Run::
@@ -66,7 +67,7 @@ def random_pairs(n: int, vocab: int) -> Tuple[List[List[int]], List[List[int]], 
     g = torch.Generator().manual_seed(1)
     bases, sources, targets = [], [], []
     for i in range(n):
-        T = (10, 12, 14)[i % 3]
+        T = (8, 9, 10)[i % 3]
         clean = torch.randint(3, vocab, (T,), generator=g)
         corrupt = clean.clone()
         corrupt[2:5] = torch.randint(3, vocab, (3,), generator=g)
@@ -89,9 +90,8 @@ def child(args: argparse.Namespace) -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, attn_implementation="eager").eval()
     data = json.loads(Path(args.pairs_file).read_text())
     bases, sources, targets = data["bases"], data["sources"], data["targets"]
-    if args.child == "pyvene":
-        k = args.pyvene_pairs
-        bases, sources, targets = bases[:k], sources[:k], targets[:k]
+    k = {"pyvene": args.pyvene_pairs, "loop": args.loop_pairs}.get(args.child) or len(bases)
+    bases, sources, targets = bases[:k], sources[:k], targets[:k]
     with torch.no_grad():  # one plain forward of a pair's prompt: the unit of cost
         ids = torch.tensor([sources[0]])
         model(ids)
@@ -152,7 +152,7 @@ METHODS = {"list": ours_list, "loop": ours_loop, "pyvene": pyvene_loop}
 
 def run_child(python: str, method: str, args: argparse.Namespace, model_dir: str, pairs_file: str) -> Dict[str, Any]:
     cmd = [python, str(HERE), "--child", method, "--model-dir", model_dir, "--pairs-file", pairs_file,
-           "--threads", str(args.threads), "--pyvene-pairs", str(args.pyvene_pairs)]
+           "--threads", str(args.threads), "--pyvene-pairs", str(args.pyvene_pairs), "--loop-pairs", str(args.loop_pairs)]
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pyvene-pairs", type=int, default=5, help="pairs pyvene runs (its time is scaled per pair)")
+    ap.add_argument("--loop-pairs", type=int, default=0,
+                    help="pairs the loop of single calls runs (default all; its cost per pair does not depend on it)")
     ap.add_argument("--pyvene-python", default=os.environ.get("PYVENE_PYTHON", ""),
                     help="the Python of a venv with pyvene 0.1.8 (default: $PYVENE_PYTHON)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
