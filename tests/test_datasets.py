@@ -163,6 +163,9 @@ def test_rows_and_jsonl_lines_parse_like_lists() -> None:
         same(b.per_example[i], c.per_example[i])
     ex = examples(rows)
     assert ex[2].corrupted == rows[2]["base"] and ex[2].clean == rows[2]["source"] and ex[2].meta == {"relation": "r"}
+    import pandas
+
+    assert list(examples(pandas.DataFrame(rows))) == list(ex) == list(examples(r for r in rows))  # frame, generator
     one_target = examples(clean=["a b", "c d"], target=" x")  # a single value broadcasts
     assert [e.target for e in one_target] == [" x", " x"]
     with pytest.raises(InputError, match="target has 3 entries but there are 2 examples"):

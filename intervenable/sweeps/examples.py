@@ -70,10 +70,10 @@ def _json_object(line: Any) -> Optional[dict]:
 
 def is_rows(data: Any) -> bool:
     """Whether ``data`` is an iterable of rows (mappings or JSON object lines) rather than a prompt."""
+    if hasattr(data, "to_dict") and hasattr(data, "columns") and hasattr(data, "iterrows"):  # a pandas DataFrame
+        return True
     if data is None or isinstance(data, (str, bytes, torch.Tensor, Mapping)) or hasattr(data, "keys"):
         return False
-    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
-        return True
     if hasattr(data, "shape"):  # numpy arrays: token ids
         return False
     if isinstance(data, (list, tuple)):
