@@ -56,7 +56,7 @@ _EXPORTS: Dict[str, Tuple[str, ...]] = {
     ".sites.archs.mixtral": ("split_experts",),
     ".sites": ("Architecture", "Component", "LayerStack", "Site", "list_components", "register_architecture",
                "resolve_component"),
-    ".sweeps": ("SweepResult", "attribution_patching", "causal_trace", "patching_sweep"),
+    ".sweeps": ("DatasetResult", "SweepResult", "attribution_patching", "causal_trace", "patching_sweep"),
     ".saes": ("SAE", "SAEIntervention", "feature_attribution", "feature_patching", "load_sae"),
     ".circuits": ("Circuit", "FaithfulnessResult", "edge_attribution_patching", "faithfulness"),
     ".training": ("eval_alignment", "train_alignment"),
@@ -86,7 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .sites import (Architecture, Component, LayerStack, Site, list_components,  # noqa: F401
                         register_architecture, resolve_component)
     from .sites.archs.mixtral import split_experts  # noqa: F401
-    from .sweeps import SweepResult, attribution_patching, causal_trace, patching_sweep  # noqa: F401
+    from .sweeps import DatasetResult, SweepResult, attribution_patching, causal_trace, patching_sweep  # noqa: F401
     from .saes import SAE, SAEIntervention, feature_attribution, feature_patching, load_sae  # noqa: F401
     from .circuits import Circuit, FaithfulnessResult, edge_attribution_patching, faithfulness  # noqa: F401
     from .training import eval_alignment, train_alignment  # noqa: F401

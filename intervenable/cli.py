@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   intervenable patch --model ./my-gpt2 --clean "The Eiffel Tower is in" --corrupted "The Colosseum is in" \\
       --target " Paris" --out out/patch.png
   intervenable patch --model ./my-gpt2 --clean "..." --corrupted "..." --target " Paris" --method atp --verify 10
+  intervenable trace --data facts.jsonl --out out/average.png --save out/facts.json   # {"prompt", "subject", "target"} per line
+  intervenable patch --data pairs.jsonl --save-to out/pairs --out out/average.png      # {"base", "source", "target"} per line
   intervenable components --model ./my-gpt2
 """
 
@@ -247,8 +249,39 @@ def _finish(result: Any, args: argparse.Namespace) -> None:
         print(f"data written to {result.save(args.save)}")
 
 
+def _check_data_flags(args: argparse.Namespace) -> None:
+    if args.data is None:
+        for flag, value in (("--align", args.align), ("--save-to", args.save_to), ("--normalise", args.normalise or None)):
+            if value is not None:
+                raise CliError(f"{flag} applies to a dataset: give --data FILE.jsonl.")
+        if args.on_error != "raise":
+            raise CliError("--on-error applies to a dataset: give --data FILE.jsonl.")
+    elif not os.path.isfile(os.path.expanduser(args.data)):
+        raise CliError(f"--data {args.data!r} is not a file: give a JSONL file, one JSON object per line.")
+
+
+def cmd_data(args: argparse.Namespace, kind: str) -> None:
+    """A sweep over the rows of ``--data``: rows checked against the tokenizer before the weights load."""
+    from . import cli_data
+
+    rows = cli_data.load_rows(args)
+    tok, config = load_tokenizer(args.model)
+    cli_data.check_rows(rows, tok, kind, args.target, args.on_error, args.data)
+    n_layers = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers")
+                     if isinstance(getattr(config, k, None), int)), None)
+    from .sweeps.spec import check_layers
+
+    check_layers(args.layers, n_layers)
+    check_components(config, args.components)
+    model = load_weights(args.model, args.device, args.dtype, args.quiet)
+    cli_data.run(kind, model, tok, rows, args)
+
+
 def cmd_trace(args: argparse.Namespace) -> None:
     check_args(args)
+    _check_data_flags(args)
+    if args.data is not None:
+        return cmd_data(args, "trace")
     prompt, target, subject = args.prompt, args.target, args.subject
     if args.model is None and prompt is None:
         prompt, demo_target, demo_subject = demo_fact()
@@ -275,6 +308,9 @@ def cmd_patch(args: argparse.Namespace) -> None:
         raise CliError("--verify and --steps apply to --method atp, ig or eap-ig (exact patching is already exact).")
     _positive(args.steps, "--steps", "points on the integrated-gradients path")
     _positive(args.verify, "--verify", "cells rerun by exact patching")
+    _check_data_flags(args)
+    if args.data is not None:
+        return cmd_data(args, "patch")
     clean = _check_prompt(args.clean, "--clean")
     corrupted = _check_prompt(args.corrupted, "--corrupted")
     tok, config = load_tokenizer(args.model)
@@ -322,8 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=None, help="write the heatmap to this .png, .pdf or .svg path")
         p.add_argument("--save", default=None, help="write the data to a .pt, .json or .safetensors file")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--data", default=None, metavar="FILE.jsonl",
+                       help="a dataset, one JSON object per line: sweep every example, write the average heatmap "
+                            "to --out and every example's result to --save")
+        p.add_argument("--align", choices=["subject", "end", "marks"], default=None,
+                       help="with --data: rows of the average (default: subject for noised traces, marks when "
+                            "every row has them, else the last tokens)")
+        p.add_argument("--normalise", action="store_true",
+                       help="with --data: average (patched - corrupted) / (clean - corrupted)")
+        p.add_argument("--save-to", default=None, metavar="DIR",
+                       help="with --data: write each example as it completes; rerunning resumes")
+        p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                       help="with --data: stop at an example that cannot run (default) or report it and go on")
 
-    t = sub.add_parser("trace", help="ROME causal trace of one prompt", epilog=EXAMPLES,
+    t = sub.add_parser("trace", help="ROME causal trace of one prompt, or of a dataset (--data)", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     common(t)
     sweep(t)
@@ -340,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     common(p)
     sweep(p)
-    p.add_argument("--clean", required=True, help="the prompt whose activations are copied in")
-    p.add_argument("--corrupted", required=True, help="the prompt that is run and patched (same length)")
+    p.add_argument("--clean", default=None, help="the prompt whose activations are copied in")
+    p.add_argument("--corrupted", default=None, help="the prompt that is run and patched (same length)")
     p.add_argument("--method", choices=["exact", "atp", "ig", "eap-ig"], default="exact",
                    help="exact patching (default), or estimates from gradients: atp (one backward), ig "
                         "(integrated gradients on each layer's sites) or eap-ig (on the token embeddings)")

@@ -49,10 +49,10 @@ def test_target_id_outside_the_vocabulary(tiny) -> None:
                                            progress=False), "foil token id -2")
 
 
-def test_a_list_of_prompts_where_one_is_expected(tiny) -> None:
+def test_a_list_of_prompts_is_a_dataset_whose_examples_are_checked_before_any_forward(tiny) -> None:
     model, tok, calls = tiny
     _refused(calls, lambda: causal_trace(model, [PROMPT, OTHER], target="Ostic", subject="Drovan", tokenizer=tok,
-                                         progress=False), "must be one prompt; got a list of 2 texts")
+                                         progress=False), "Example 1 cannot run: The subject 'Drovan' does not occur")
 
 
 @pytest.mark.parametrize("samples", [0, -1])

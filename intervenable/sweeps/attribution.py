@@ -22,24 +22,30 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .api import _check_common, _execute, _n_layers, _result, _setup, patching_plan
-from .gradients import activations_only, attribution_per_site, site_gradients, site_path_gradients
+from ..errors import ConfigError, InputError
+from .dataset import run_dataset
+from .dataset_result import DatasetResult
+from .examples import is_dataset
+from .execute import execute as _execute
+from .execute import n_layers as _n_layers
+from .gradients import activations_only, attribution_per_site, row_gradients, site_gradients, site_path_gradients
 from .result import SweepResult
 from .runner import auto_batch_size, budget_bytes, capture
-from .spec import Metric, Plan, token_strings, token_text
+from .plans import Job, finish, prepare_patch
+from .spec import Metric, Plan
 
 METHODS = ("atp", "ig", "eap-ig")
 DEFAULT_STEPS = 8
 
 
-def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any = None, *,
+def attribution_patching(model: nn.Module, base: Any, source: Any = None, target: Any = None, *,
                          components: Sequence[str] = ("block_output",), layers: Optional[Sequence[int]] = None,
                          positions: Optional[Sequence[int]] = None, heads: Union[None, str, Sequence[int]] = None,
-                         metric: Metric = "prob", foil: Any = None, tokenizer: Any = None, method: str = "atp",
-                         steps: Optional[int] = None, verify: Optional[int] = None,
+                         together: bool = False, metric: Metric = "prob", foil: Any = None, tokenizer: Any = None,
+                         method: str = "atp", steps: Optional[int] = None, verify: Optional[int] = None,
                          batch_size: Optional[int] = None, memory_budget: Optional[int] = None,
-                         fast: Optional[bool] = None, progress: Optional[bool] = False) -> SweepResult:
+                         fast: Optional[bool] = None, progress: Optional[bool] = False, marks: Any = None,
+                         save_to: Any = None, on_error: str = "raise") -> Union[SweepResult, DatasetResult]:
     """Estimate ``patching_sweep(model, base, source, ...)`` from gradients; same arguments, same result axes.
 
     Each cell holds the base run's score plus the estimated change from copying that one activation
@@ -55,8 +61,38 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
     (NaN elsewhere); ``summary()`` lists both. Gradients are taken with respect to activations only:
     parameters are frozen meanwhile and left exactly as found (no ``.grad`` is created).
     ``batch_size`` / ``memory_budget`` bound the rows of an IG forward and, with ``fast`` and
-    ``progress``, work as in ``patching_sweep`` for the verification.
+    ``progress``, work as in ``patching_sweep`` for the verification. ``together=True``: each cell
+    patches the site at every swept position at once, estimated as the sum of the positions' estimates.
+
+    Datasets (lists or rows, as in ``patching_sweep``) give a ``DatasetResult``; each example runs
+    this function on its own pair (``save_to`` and ``on_error`` as in ``patching_sweep``).
     """
+    if is_dataset(base, source):
+        options = dict(components=components, layers=layers, positions=positions, heads=heads, together=together,
+                       metric=metric, tokenizer=tokenizer, method=method, steps=steps, verify=verify,
+                       batch_size=batch_size, memory_budget=memory_budget, fast=fast)
+
+        def one(ex: Any, i: int) -> SweepResult:
+            if ex.corrupted is None:
+                raise ConfigError("it has no base (corrupted) prompt: give 'base' and 'source'.")
+            return attribution_patching(model, ex.corrupted, ex.clean, ex.target, foil=ex.foil, progress=False,
+                                        **options)
+
+        fields = dict(base=base, source=source, target=target, foil=foil, marks=marks)
+        if method != "atp" or steps is not None:
+            return run_dataset("attribution_patching", model, fields,
+                               dict(components=components, layers=layers, batch_size=batch_size, tokenizer=tokenizer),
+                               progress=progress, save_to=save_to, on_error=on_error, run_one=one,
+                               record_options=options)
+        # AtP: examples of one length share the clean forward, the probed base forward and the backward.
+        plan_options = dict(components=components, layers=layers, positions=positions, heads=heads,
+                            together=together, metric=metric, tokenizer=tokenizer, batch_size=batch_size)
+        return run_dataset("attribution_patching", model, fields, plan_options, progress=progress, save_to=save_to,
+                           on_error=on_error, record_options=options, memory_budget=memory_budget,
+                           run_batch=lambda jobs: _atp_batch(model, jobs, verify, batch_size, memory_budget, fast))
+    if source is None:
+        raise InputError("attribution_patching needs source=... (the clean prompt whose activations are copied in), "
+                         "or rows of a dataset with 'base' and 'source'.")
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r}: use 'atp' (linear estimate), 'ig' (integrated gradients on "
                           "the sites) or 'eap-ig' (on the token embeddings); for exact patching call patching_sweep.")
@@ -67,13 +103,12 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
         raise ConfigError(f"steps must be a positive number of points on the path; got {steps!r}.")
     if verify is not None and (isinstance(verify, bool) or int(verify) < 1):
         raise ConfigError(f"verify must be a positive number of sites to rerun exactly (or None); got {verify!r}.")
-    explicit = _check_common(model, layers, batch_size, components)
-    clean_ids, base_ids, tid, fn = _setup(model, source, base, target, tokenizer, foil, metric)
-    plan, lay, pos, head_list = patching_plan(model, components, explicit, positions, heads, clean_ids.shape[1])
-    for key, site in plan.sites.items():
-        if not site.writable:
-            raise ConfigError(f"{key!r} is a read-only site ({site.describe()}): it cannot be patched, so it has "
-                              "no patching effect to estimate. Pick a writable component.")
+    job = prepare_patch(model, base, source, target, components=components, layers=layers, positions=positions,
+                        heads=heads, metric=metric, foil=foil, tokenizer=tokenizer, batch_size=batch_size,
+                        together=together, kind="attribution_patching")
+    clean_ids, base_ids, fn, plan, head_list = job.clean_ids, job.corrupt_ids, job.fn, job.plan, job.heads
+    pos = job.extra_info.get("together_positions", job.positions)
+    _check_writable(plan.sites)
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     clean_ids, base_ids = clean_ids.to(device), base_ids.to(device)
@@ -97,20 +132,67 @@ def attribution_patching(model: nn.Module, base: Any, source: Any, target: Any =
     attr = attribution_per_site(plan.sites, base_acts, src, grads)
     corrupted_score = float(base_scores[0])
     table = {key: a.tolist() for key, a in attr.items()}  # plain lists: one lookup per row, no tensor indexing
-    scores = torch.tensor([corrupted_score + _cell(table, row[0]) for row in plan.rows], dtype=torch.float64).float()
+    scores = torch.tensor([corrupted_score + sum(_cell(table, w) for w in row) for row in plan.rows],
+                          dtype=torch.float64).float()
     info: Dict[str, Any] = {"path": method, "method": method, "fallback_reason": "", "batch_size": rows,
                             "forwards": forwards + 1, "backwards": backwards, "seconds": time.perf_counter() - t0,
                             "clean_score": float(fn(clean_logits.float())[0]), "corrupted_score": corrupted_score}
     if method != "atp":
         info["steps"] = n_steps
-    shape = (len(components), len(lay), len(pos)) + ((len(head_list),) if head_list else ())
-    result = _result("attribution_patching", scores, plan, shape, list(components), lay, pos, head_list,
-                     token_strings(clean_ids, tokenizer), metric, tid, info, None, {})
-    result.info["target_text"] = token_text(tid, tokenizer)
+    result = finish(job, scores, info)
     if verify:
         _verify(result, model, plan, scores, int(verify), clean_ids, base_ids, fn, batch_size, memory_budget, fast,
                 progress)
     return result
+
+
+def _check_writable(sites: Dict[str, Any]) -> None:
+    for key, site in sites.items():
+        if not site.writable:
+            raise ConfigError(f"{key!r} is a read-only site ({site.describe()}): it cannot be patched, so it has "
+                              "no patching effect to estimate. Pick a writable component.")
+
+
+def _atp_batch(model: nn.Module, jobs: List[Job], verify: Optional[int], batch_size: Optional[int],
+               memory_budget: Optional[int], fast: Optional[bool]) -> List[SweepResult]:
+    """AtP for examples of one length: one clean forward, one probed base forward and one backward for all;
+    each example's cells as its single call computes them (``verify`` per example)."""
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    sites: Dict[str, Any] = {}
+    for job in jobs:
+        _check_writable(job.plan.sites)
+        sites.update(job.plan.sites)
+    clean_ids = torch.cat([j.clean_ids for j in jobs]).to(device)
+    base_ids = torch.cat([j.corrupt_ids for j in jobs]).to(device)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return torch.cat([job.fn(logits[k:k + 1]) for k, job in enumerate(jobs)])
+
+    with activations_only(model):
+        with torch.no_grad():
+            clean_logits, src = capture(model, clean_ids, sites, sites.keys())
+        base_scores, base_acts, grads = row_gradients(model, base_ids, sites, metric)
+    seconds = (time.perf_counter() - t0) / len(jobs)
+    results = []
+    for k, job in enumerate(jobs):
+        def row(acts: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+            return {key: acts[key][k:k + 1] for key in job.plan.sites}
+        attr = attribution_per_site(job.plan.sites, row(base_acts), row(src), row(grads))
+        corrupted_score = float(base_scores[k])
+        table = {key: a.tolist() for key, a in attr.items()}
+        scores = torch.tensor([corrupted_score + sum(_cell(table, w) for w in r) for r in job.plan.rows],
+                              dtype=torch.float64).float()
+        info: Dict[str, Any] = {"path": "atp", "method": "atp", "fallback_reason": "", "batch_size": 1, "forwards": 2,
+                                "backwards": 1, "seconds": seconds, "examples_per_batch": len(jobs),
+                                "clean_score": float(job.fn(clean_logits[k:k + 1].float())[0]),
+                                "corrupted_score": corrupted_score}
+        result = finish(job, scores, info)
+        if verify:
+            _verify(result, model, job.plan, scores, int(verify), job.clean_ids.to(device), job.corrupt_ids.to(device),
+                    job.fn, batch_size, memory_budget, fast, False)
+        results.append(result)
+    return results
 
 
 def _cell(table: Dict[str, list], write: Any) -> float:

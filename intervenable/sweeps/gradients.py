@@ -114,6 +114,20 @@ def site_gradients(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site],
     return scores.detach().float(), seen, out_grads
 
 
+def row_gradients(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site],
+                  metric: Callable[[torch.Tensor], torch.Tensor]) -> Tuple[torch.Tensor, Acts, Acts]:
+    """One forward and one backward of ``ids`` ``[n, T]`` (n different inputs, e.g. a dataset's examples).
+
+    Returns (metric per row, activation per site, gradient per site and row): rows do not interact,
+    so row ``k``'s gradient is that of its own metric. Call inside ``activations_only(model)``.
+    """
+    scores, probes, seen = _probed_forward(model, ids, int(ids.shape[0]), sites, metric, {})
+    keys = list(sites)
+    grads = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+    return (scores.detach().float(), seen,
+            {k: (g.detach() if g is not None else torch.zeros_like(probes[k])) for k, g in zip(keys, grads)})
+
+
 def attribution_per_site(sites: Dict[str, Site], base: Acts, source: Acts, grads: Acts) -> Dict[str, torch.Tensor]:
     """Per site, ``(source - base) . grad`` summed over the feature dims: ``[T]``, or ``[heads, T]`` for head views."""
     out: Dict[str, torch.Tensor] = {}

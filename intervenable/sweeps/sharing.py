@@ -97,3 +97,13 @@ def gather_scores(local: torch.Tensor, rows: List[int], n: int, forwards: int,
         if idx:
             scores[idx] = vals
     return scores, sum(p[2] for p in parts), [p[3] for p in parts]
+
+
+@contextmanager
+def rows_unshared() -> Iterator[None]:
+    """Within this block, sweeps run all their rows here (a dataset shares its examples instead)."""
+    token = _SHARING.set(False)
+    try:
+        yield
+    finally:
+        _SHARING.reset(token)

@@ -176,6 +176,9 @@ def make_metric(metric: Metric, target: Optional[int], foil: Optional[int] = Non
         return lambda logits: logits.float()[:, target]
     if foil is None:
         raise InputError("Metric 'logit_diff' needs a foil token (the wrong answer): pass foil=...")
+    if int(foil) == int(target):
+        raise InputError(f"Metric 'logit_diff': the foil is the target (token {target}), so every score would be 0. "
+                         "Give a foil that is the wrong answer, a different token.")
     return lambda logits: logits.float()[:, target] - logits.float()[:, foil]
 
 
@@ -258,8 +261,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     A constant input has no ranking: ``InputError`` rather than a meaningless value."""
     for name, x in (("first", a), ("second", b)):
         if x.numel() < 2 or bool((x.flatten() == x.flatten()[0]).all()):
-            raise InputError(f"The {name} input of spearman is constant ({x.numel()} values): a rank correlation "
-                             "needs values that differ.")
+            raise InputError(f"spearman: the {name} tensor is constant, so it has no ranking to correlate (the "
+                             "correlation is undefined, not perfect). Compare tensors that vary.")
 
     def ranks(x: torch.Tensor) -> torch.Tensor:
         x = x.flatten().double()
