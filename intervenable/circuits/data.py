@@ -8,12 +8,13 @@ parsing (sweeps/spec.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import InputError
+from ..sweeps.examples import examples, is_dataset, is_rows
 from ..sweeps.spec import Metric, as_ids, check_token_id, make_metric, target_id, vocab_size
 
 
@@ -28,18 +29,29 @@ class Pair:
     metric: Callable[[torch.Tensor], torch.Tensor]  # logits [rows, vocab] -> [rows]
 
 
-def _many(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.dim() == 2 and value.shape[0] > 1
-    return isinstance(value, (list, tuple)) and bool(value) and not all(isinstance(v, int) for v in value)
+def _items(base: Any, source: Any, target: Any, foil: Any, need_source: bool) -> List[Tuple[Any, Any, Any, Any]]:
+    """``(base, source, target, foil)`` per pair, lists and rows parsed by the sweeps' one parser.
 
-
-def _each(value: Any, n: int, name: str) -> List[Any]:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise InputError(f"{name} has {len(value)} entries for {n} prompt pairs: give one per pair, or one for all.")
-        return list(value)
-    return [value] * n
+    A circuit's base run is a sweep's corrupted run (the one that is run and patched) and its source a
+    sweep's clean run (where patched values come from), so rows use the sweeps' names: ``base`` /
+    ``corrupted`` and ``source`` / ``clean`` / ``prompt``.
+    """
+    if is_rows(base):
+        if source is not None:
+            raise InputError("Rows give each pair's source prompt: drop source=..., or pass base and source as lists.")
+        parsed = examples(base, target=target, foil=foil)
+        return [(e.corrupted, e.clean, e.target, e.foil) if e.corrupted is not None else (e.clean, None, e.target, e.foil)
+                for e in parsed]
+    if source is None:
+        if not is_dataset(base):
+            return [(base, None, target, foil)]
+        return [(e.clean, None, e.target, e.foil) for e in examples(clean=base, target=target, foil=foil)]
+    if not is_dataset(base, source):
+        return [(base, source, target, foil)]
+    nb, ns = (len(examples(clean=x)) if is_dataset(x) else 1 for x in (base, source))
+    if nb != ns:
+        raise InputError(f"{nb} base prompts but {ns} source prompts: give one source per base prompt.")
+    return [(e.corrupted, e.clean, e.target, e.foil) for e in examples(clean=source, corrupted=base, target=target, foil=foil)]
 
 
 def prompt_pairs(model: nn.Module, base: Any, source: Any = None, target: Any = None, foil: Any = None, *,
@@ -47,27 +59,13 @@ def prompt_pairs(model: nn.Module, base: Any, source: Any = None, target: Any = 
     """Every accepted input form -> ``Pair``s (``base`` may also be rows: mappings with base/source/target/foil)."""
     if isinstance(base, Mapping) and not ("input_ids" in base):
         base = [base]
-    if isinstance(base, (list, tuple)) and base and all(isinstance(b, Mapping) and "base" in b for b in base):
-        rows = list(base)
-        base = [r["base"] for r in rows]
-        source = [r.get("source") for r in rows] if source is None else source
-        target = [r.get("target") for r in rows] if target is None else target
-        foil = [r.get("foil") for r in rows] if foil is None else foil
-    bases = list(base) if _many(base) else [base]
-    n = len(bases)
-    if source is None:
-        if need_source:
-            raise InputError("ablation='patch' needs source prompts (the runs whose node outputs the edges carry): pass "
-                             "source=..., or ablation='mean' / 'zero'.")
-        sources: List[Any] = [None] * n
-    else:
-        sources = list(source) if _many(source) else [source]
-        if len(sources) != n:
-            raise InputError(f"{n} base prompts but {len(sources)} source prompts: give one source per base prompt.")
-    targets, foils = _each(target, n, "target"), _each(foil, n, "foil")
+    items = _items(base, source, target, foil, need_source)
+    if need_source and any(s is None for _, s, _, _ in items):
+        raise InputError("ablation='patch' needs source prompts (the runs whose node outputs the edges carry): pass "
+                         "source=..., or ablation='mean' / 'zero'.")
     size = vocab_size(model)
     pairs = []
-    for i, (b, s, t, f) in enumerate(zip(bases, sources, targets, foils)):
+    for i, (b, s, t, f) in enumerate(items):
         b_ids = as_ids(b, tokenizer, f"base prompt {i}")
         s_ids = None if s is None else as_ids(s, tokenizer, f"source prompt {i}")
         if s_ids is not None and s_ids.shape[1] != b_ids.shape[1]:
