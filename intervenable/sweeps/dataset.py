@@ -106,7 +106,7 @@ def run_dataset(kind: str, model: nn.Module, fields: Dict[str, Any], options: Di
         if store is not None:
             store.put_error(i, errors[i])
 
-    tick, close = progress_bar(len(mine), progress, desc=kind.replace("_", " "), unit="example")
+    tick, close = progress_bar(len(mine), progress, desc=kind.replace("_", " "), unit="example", leave=True)
     try:
         with rows_unshared():
             if run_one is not None:

@@ -67,14 +67,15 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def progress_bar(total: int, progress: Optional[bool], desc: str = "patching",
-                 unit: str = "run") -> Tuple[Callable[[int], None], Callable[[], None]]:
-    """A tqdm bar shown once the work has run for a second (never when ``progress=False``)."""
+def progress_bar(total: int, progress: Optional[bool], desc: str = "patching", unit: str = "run",
+                 leave: bool = False) -> Tuple[Callable[[int], None], Callable[[], None]]:
+    """A tqdm bar shown once the work has run for a second (never when ``progress=False``); ``leave``: the
+    finished bar stays (a dataset's count of examples and time), else it is cleared."""
     if progress is False or total == 0:
         return (lambda n: None), (lambda: None)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, delay=0.0 if progress else 1.0, leave=False)
+    bar = tqdm(total=total, desc=desc, unit=unit, delay=0.0 if progress else 1.0, leave=leave)
     return bar.update, bar.close
 
 
