@@ -300,7 +300,7 @@ def cmd_components(args: argparse.Namespace) -> None:
     model = load_weights(args.model, args.device, args.dtype)
     from .sites.resolve import list_components
 
-    list_components(model, layer=args.layer)
+    print(list_components(model, layer=args.layer))
 
 
 def build_parser() -> argparse.ArgumentParser:
