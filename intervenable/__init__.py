@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Dict, List, Tuple
 from .lazy import lazy_exports
 from .reference_paths import install as _install_reference_paths
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _install_reference_paths()  # pyvene.models.* deep imports under the pyvene alias (reference_paths.py)
 

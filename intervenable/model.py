@@ -225,7 +225,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         """
         plan = self._plan(base, sources, unit_locations, source_representations, subspaces,
                           intervention_additional_kwargs)
-        check_call(self, plan)  # before any forward
+        groups = list(self._intervention_group.values())
+        check_call(self.model, self._slots, groups, self.mode, plan)  # before any forward
         model_kwargs = self._model_kwargs(labels, use_cache)
         original = call_model(self.model, base, model_kwargs) if output_original_output else None
         state = CallState()
