@@ -22,7 +22,8 @@ _install_reference_paths()  # pyvene.models.* deep imports under the pyvene alia
 _EXPORTS: Dict[str, Tuple[str, ...]] = {
     ".config": ("IntervenableConfig", "RepresentationConfig"),
     ".errors": ("ComponentError", "ConfigError", "InputError", "IntervenableError", "LocationError", "ShapeError",
-                "SubspaceError"),
+                "SourceCountError", "SubspaceError"),
+    ".inputs": ("SharedSource",),
     ".hooks": ("HookSet",),
     ".causal_model": ("CausalModel", "hierarchical_equality_model"),
     ".interventions": (
@@ -71,8 +72,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .causal_model import CausalModel, hierarchical_equality_model  # noqa: F401
     from .config import IntervenableConfig, RepresentationConfig  # noqa: F401
     from .errors import (ComponentError, ConfigError, InputError, IntervenableError,  # noqa: F401
-                         LocationError, ShapeError, SubspaceError)
+                         LocationError, ShapeError, SourceCountError, SubspaceError)
     from .hooks import HookSet  # noqa: F401
+    from .inputs import SharedSource  # noqa: F401
     from .interventions import *  # noqa: F401,F403
     from .io import SerializationError  # noqa: F401
     from .model import IntervenableModel, IntervenableModelOutput  # noqa: F401

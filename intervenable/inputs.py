@@ -49,6 +49,23 @@ def call_model(model: nn.Module, inputs: Any, kwargs: Dict[str, Any]) -> Any:
     )
 
 
+class SharedSource:
+    """One source input for every intervention group: ``pv_model(base, pv.SharedSource(source))``.
+
+    Without it, the number of sources must equal the number of groups: one source given for several
+    groups is refused (``SourceCountError``) rather than silently reused, since it is usually a missing
+    source. ``SharedSource`` says the reuse is meant; the source runs once for all the groups.
+    """
+
+    def __init__(self, source: Any) -> None:
+        if isinstance(source, SharedSource):
+            source = source.source
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"SharedSource({type(self.source).__name__})"
+
+
 def is_transformers_model(model: nn.Module) -> bool:
     """True for a ``transformers.PreTrainedModel`` (checked by name: no import needed)."""
     return any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)

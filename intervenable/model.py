@@ -11,9 +11,9 @@ from torch import nn
 
 from .config import IntervenableConfig, RepresentationConfig, as_config
 from .engine import CallPlan, CallState, Slot, getter, setter
-from .errors import ConfigError, InputError, warn_user
+from .errors import ConfigError, InputError, SourceCountError, warn_user
 from .hooks import HookSet
-from .inputs import batch_size, call_model, repeat_rows
+from .inputs import SharedSource, batch_size, call_model, repeat_rows
 from .interventions.base import Capabilities
 from .io import SerializationMixin
 from .model_params import ParameterMixin
@@ -164,12 +164,13 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         if not isinstance(sources, (list, tuple)):
             sources = [sources]
         sources = list(sources)
-        if len(sources) == 1 and n > 1:
-            return sources * n
+        if len(sources) == 1 and isinstance(sources[0], SharedSource):
+            return [sources[0].source] * n  # one object: it runs once for every group
         if len(sources) != n:
-            raise InputError(
-                f"Got {len(sources)} sources for {n} intervention groups: pass one source per group "
-                f"(groups: {self.groups}), or a single source to use for all."
+            raise SourceCountError(
+                f"Got {len(sources)} source{'s' if len(sources) != 1 else ''} for {n} intervention groups "
+                f"(groups: {self.groups}): pass one source per group (None skips a group), or "
+                "pv.SharedSource(source) to run every group on the same source."
             )
         return sources
 
