@@ -13,7 +13,7 @@ from .config import IntervenableConfig, RepresentationConfig, as_config
 from .engine import CallPlan, CallState, Slot, getter, setter
 from .errors import ConfigError, InputError, SourceCountError, warn_user
 from .hooks import HookSet
-from .inputs import SharedSource, batch_size, call_model, repeat_rows
+from .inputs import SharedSource, batch_size, call_model, last_real_positions, repeat_rows
 from .interventions.base import Capabilities
 from .io import SerializationMixin
 from .model_params import ParameterMixin
@@ -21,7 +21,8 @@ from .preflight import at_call_site, check_batches, check_call, check_partition
 from .sites.resolve import resolve_component
 from .sites.site import Site
 from .slots import InterventionDict, build_intervention, place_on_site_device, representation_key
-from .units import Locations, normalise_parallel, normalise_serial, normalise_serial_base_only, normalise_subspaces
+from .units import (Locations, expand_last, normalise_parallel, normalise_serial, normalise_serial_base_only,
+                    normalise_subspaces, uses_last)
 
 if TYPE_CHECKING:
     from .generation import GenerationPlan
@@ -119,6 +120,15 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             raise ConfigError(
                 f"Unit {rep.unit!r} selects attention heads, but {rep.component!r} has no head view. "
                 "Use a head component (head_attention_value_output, head_query_output, ...) or unit 'pos'."
+            )
+        if rep.unit == "pos" and site.has_heads:
+            # The reference reads 'pos' on a head view along its head axis; we patch positions across every
+            # head. Either way it is rarely what was meant, so say which units select heads.
+            warn_user(
+                f"{rep.component!r} is split into {site.n_heads} heads, but its unit is 'pos': the intervention "
+                "covers every head at the given positions. To choose heads, set \"unit\": \"h\" (heads, every "
+                "position) or \"unit\": \"h.pos\" (heads at positions, unit_locations [[heads], [positions]]); "
+                "for every head at a position, use the component without 'head_' (e.g. 'attention_value_output')."
             )
 
     def _build_groups(self) -> "OrderedDict[Any, List[int]]":
@@ -249,6 +259,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         """Normalise one call's arguments into a ``CallPlan`` (batches checked before they are read)."""
         per_group = self._sources_per_group(sources)
         batch = check_batches(self.model, base, per_group)
+        if uses_last(unit_locations):
+            unit_locations = self._expand_last(unit_locations, base, per_group)
         return CallPlan(
             base=base,
             batch=batch,
@@ -260,6 +272,15 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             extra=extra,
             generation=generation,
         )
+
+    def _expand_last(self, unit_locations: Any, base: Any, per_group: List[Any]) -> Any:
+        """``"last"`` locations as each row's last real token: the base's rows, and each group's source's."""
+        group_of = {i: g for g, members in enumerate(self._intervention_group.values()) for i in members}
+        source_last = [None if per_group[group_of[i]] is None
+                       else last_real_positions(per_group[group_of[i]], f"the source of group {group_of[i]}")
+                       for i in range(len(self._slots))]
+        return expand_last(unit_locations, [s.unit for s in self._slots], any(s is not None for s in per_group),
+                           last_real_positions(base, "the base"), source_last)
 
     def _locations(self, unit_locations: Any, per_group: List[Any], batch: int) -> Any:
         """``unit_locations`` in the canonical form the mode reads (see ``CallPlan.locations``)."""

@@ -41,5 +41,6 @@ GPT2 = register_architecture(
         description="GPT-2: fused c_attn projection split into q, k, v; heads of n_embd // n_head.",
         # Learned positions are added before layer 0, so a layer needs only the mask and the cache.
         stack=LayerStack(final=("ln_f",)),
+        positions_from_mask=True,
     )
 )

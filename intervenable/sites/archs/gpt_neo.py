@@ -53,6 +53,7 @@ GPT_NEO = register_architecture(
         description="GPT-Neo: global/local attention layers, separate q/k/v under attn.attention.",
         # Local layers apply their window through their own causal buffer (aligned to the last key).
         stack=LayerStack(final=("ln_f",)),
+        positions_from_mask=True,
     )
 )
 
