@@ -6,8 +6,10 @@ learned subspace of the subject's last token at ``--layer`` from the source into
 make the model answer the *source's* fact; interchange accuracy is how often it does, on pairs of
 people never seen in training.
 
-    .venv/bin/python scripts/das_demo.py                      # layer 2, rank 32: about 0.9
-    .venv/bin/python scripts/das_demo.py --rank 1 --lr 1e-3   # the old README recipe: about 0.1
+    .venv/bin/python scripts/das_demo.py                      # layer 2, rank 32, lr 1e-2, 8 epochs: 0.78
+    .venv/bin/python scripts/das_demo.py --rank 1 --lr 1e-3   # the old README recipe: 0.08
+
+(measured with seed 0 on 500 held-out pairs; 3 epochs give 0.74)
     .venv/bin/python scripts/das_demo.py --sweep              # accuracy per layer and rank
 
 How to choose: the site is where the variable lives. A causal trace (``bash scripts/demo.sh``)
@@ -76,7 +78,7 @@ def accuracy(logits: List[torch.Tensor], labels: List[torch.Tensor]) -> float:
     return float((logits[0][:, -1].argmax(-1) == labels[0]).float().mean())
 
 
-def run(layer: int = 2, rank: int = 32, lr: float = 1e-2, epochs: int = 3, n_train: int = 2000,
+def run(layer: int = 2, rank: int = 32, lr: float = 1e-2, epochs: int = 8, n_train: int = 2000,
         n_test: int = 500, seed: int = 0) -> float:
     """Train a rank-``rank`` DAS rotation at the subject's last token of ``layer``; held-out interchange accuracy."""
     torch.manual_seed(seed)
@@ -100,7 +102,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=2)
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--train", type=int, default=2000, help="training pairs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweep", action="store_true", help="layers 0, 2, 4, 6 x ranks 1, 8, 32")
