@@ -39,8 +39,9 @@ def batch_size(inputs: Any) -> int:
 
 def _padding_before_text(mask: torch.Tensor) -> bool:
     """True when some row has a padding position (0) before a real token (1): left (or inner) padding."""
-    real_at_or_after = mask.flip(-1).cummax(-1).values.flip(-1)
-    return bool(((mask == 0) & (real_at_or_after != 0)).any())
+    real = (mask != 0).long()
+    real_at_or_after = real.flip(-1).cummax(-1).values.flip(-1)
+    return bool(((real == 0) & (real_at_or_after != 0)).any())
 
 
 def padded_position_ids(model: nn.Module, inputs: Mapping) -> Any:
@@ -60,8 +61,9 @@ def padded_position_ids(model: nn.Module, inputs: Mapping) -> Any:
     arch = find_architecture(model)
     if arch is None or not arch.positions_from_mask:
         return None
-    positions = mask.long().cumsum(-1) - 1
-    return positions.masked_fill(mask == 0, 1)
+    real = mask != 0
+    positions = real.long().cumsum(-1) - 1
+    return positions.masked_fill(~real, 1)
 
 
 def last_real_positions(inputs: Any, what: str) -> torch.Tensor:

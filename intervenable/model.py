@@ -86,6 +86,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             if self.use_fast and hasattr(intervention, "use_fast"):
                 intervention.use_fast = True
             slot = Slot(key, i, site, rep.unit, intervention, rep, Capabilities.of(intervention), self.as_adaptor)
+            self._warn_head_pos(rep, site, slot)
             if not site.writable and not slot.is_collect:
                 raise ConfigError(
                     f"{rep.component!r} at {site.describe()} can be read but not written (changing it does "
@@ -121,9 +122,15 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                 f"Unit {rep.unit!r} selects attention heads, but {rep.component!r} has no head view. "
                 "Use a head component (head_attention_value_output, head_query_output, ...) or unit 'pos'."
             )
-        if rep.unit == "pos" and site.has_heads:
-            # The reference reads 'pos' on a head view along its head axis; we patch positions across every
-            # head. Either way it is rarely what was meant, so say which units select heads.
+
+    @staticmethod
+    def _warn_head_pos(rep: RepresentationConfig, site: Site, slot: Slot) -> None:
+        """A head component written at unit 'pos' patches every head there, silently: say so, and name the fix.
+
+        (The reference reads 'pos' on a head view along its head axis.) Collects are left alone: what they
+        return shows the heads.
+        """
+        if rep.unit == "pos" and site.has_heads and str(rep.component).startswith("head_") and not slot.is_collect:
             warn_user(
                 f"{rep.component!r} is split into {site.n_heads} heads, but its unit is 'pos': the intervention "
                 "covers every head at the given positions. To choose heads, set \"unit\": \"h\" (heads, every "

@@ -25,7 +25,9 @@ def test_head_component_with_unit_pos_warns_and_names_the_fix(component):
 
 @pytest.mark.parametrize("config", [{"layer": 1, "component": "head_attention_value_output", "unit": "h"},
                                     {"layer": 1, "component": "head_query_output", "unit": "h.pos"},
-                                    {"layer": 1, "component": "attention_value_output"}])
+                                    {"layer": 1, "component": "attention_value_output"},
+                                    # a collect returns [batch, heads, positions, head_dim]: nothing is hidden
+                                    {"layer": 1, "component": "head_query_output", "intervention": pv.CollectIntervention}])
 def test_head_units_and_plain_components_do_not_warn(config):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -50,10 +50,13 @@ def test_the_plain_model_reads_shifted_positions_in_a_left_padded_row():
     assert (logits - alone(PROMPTS[0])[1]).abs().max() > 1e-3
 
 
-def test_left_padded_collect_at_minus_one_reads_the_prompt_alone():
+@pytest.mark.parametrize("mask_dtype", [torch.long, torch.bool])
+def test_left_padded_collect_at_minus_one_reads_the_prompt_alone(mask_dtype):
     pv_model = pv.IntervenableModel({"layer": 1, "component": "block_output", "intervention": pv.CollectIntervention},
                                     MODEL)
-    (_, collected), out = pv_model(padded(PROMPTS, "left"), unit_locations={"base": -1})
+    batch = padded(PROMPTS, "left")
+    batch["attention_mask"] = batch["attention_mask"].to(mask_dtype)
+    (_, collected), out = pv_model(batch, unit_locations={"base": -1})
     for row, prompt in enumerate(PROMPTS):
         h, logits = alone(prompt)
         assert torch.allclose(collected[0][row, 0], h[-1], atol=1e-5)
