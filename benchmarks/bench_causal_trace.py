@@ -15,7 +15,7 @@ Methods, each in its own subprocess (peak memory = ru_maxrss growth after loadin
 (b) a hand-written batched hook sweep in plain torch (32 rows per forward: cache the clean block
 outputs, patch each row's own (layer, position)); intervenable's general batched path; its fast
 path; (a) pyvene 0.1.8 as its documentation shows (a new ``IntervenableModel`` per (layer,
-position)), run by ``--pyvene-python`` (default ``/work/refvenv/bin/python``; "not installed"
+position)), run by ``--pyvene-python`` (default ``$PYVENE_PYTHON`` or ``.venv-pyvene``, see pyvene_venv.py; "not installed"
 when absent). Times are wall-clock seconds and the child's CPU seconds (best of ``--repeat``).
 
 A second table traces a 128-token prompt (``--long-tokens``; layers ``--long-layers``, every
@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
+
+from pyvene_venv import default_pyvene_python  # the comparison venv: $PYVENE_PYTHON or .venv-pyvene
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
@@ -244,7 +246,8 @@ def main() -> None:
     ap.add_argument("--long-tokens", type=int, default=128, help="0 skips the long-prompt table")
     ap.add_argument("--long-layers", default="0,6,11", help="layers of the long-prompt trace")
     ap.add_argument("--long-shapes", default="gpt2")
-    ap.add_argument("--pyvene-python", default="/work/refvenv/bin/python")
+    ap.add_argument("--pyvene-python", default=default_pyvene_python(),
+                    help="pyvene 0.1.8's interpreter (default: $PYVENE_PYTHON or .venv-pyvene; see pyvene_venv.py)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

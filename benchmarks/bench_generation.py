@@ -15,13 +15,9 @@ Run::
 
     .venv/bin/python benchmarks/bench_generation.py [--repeat 7] [--new-tokens 32] [--threads 1]
 
-The pyvene column needs pyvene 0.1.8 in a separate virtual environment::
-
-    python3 -m venv /tmp/pyvene-venv
-    /tmp/pyvene-venv/bin/pip install torch==2.13.0
-    /tmp/pyvene-venv/bin/pip install pyvene==0.1.8 "transformers>=4.45,<4.50"
-
-(``--pyvene-python PATH`` points at another interpreter); without it the column reads "not installed".
+The pyvene column needs pyvene 0.1.8 in a separate virtual environment (``.venv-pyvene``,
+``$PYVENE_PYTHON`` or ``--pyvene-python PATH``: see pyvene_venv.py for how to make it); without it
+the column reads "not installed".
 Target: our overhead under 5% of plain generation.
 """
 from __future__ import annotations
@@ -36,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
+
+from pyvene_venv import default_pyvene_python  # the comparison venv: $PYVENE_PYTHON or .venv-pyvene
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
@@ -144,7 +142,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="timed (plain, steered) pairs; medians are reported")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--scale", type=float, default=4.0, help="norm scale of the steering vector")
-    ap.add_argument("--pyvene-python", default="/tmp/pyvene-venv/bin/python")
+    ap.add_argument("--pyvene-python", default=default_pyvene_python(),
+                    help="pyvene 0.1.8's interpreter (default: $PYVENE_PYTHON or .venv-pyvene; see pyvene_venv.py)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

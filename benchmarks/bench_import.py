@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from pyvene_venv import default_pyvene_python  # the comparison venv: $PYVENE_PYTHON or .venv-pyvene
+
 ROOT = Path(__file__).resolve().parents[1]
-PYVENE_CANDIDATES = ("/work/refvenv/bin/python", "/tmp/pyvene-venv/bin/python")
 
 TIMED = """
 import time, {pre}
@@ -71,7 +72,8 @@ def wall(cmd: List[str], repeat: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--pyvene-python", default=next((p for p in PYVENE_CANDIDATES if os.path.exists(p)), None))
+    ap.add_argument("--pyvene-python", default=default_pyvene_python(),
+                    help="pyvene 0.1.8's interpreter (default: $PYVENE_PYTHON or .venv-pyvene; see pyvene_venv.py)")
     args = ap.parse_args()
     py, n = sys.executable, args.repeat
 

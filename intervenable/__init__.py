@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Dict, List, Tuple
 from .lazy import lazy_exports
 from .reference_paths import install as _install_reference_paths
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _install_reference_paths()  # pyvene.models.* deep imports under the pyvene alias (reference_paths.py)
 
@@ -22,7 +22,8 @@ _install_reference_paths()  # pyvene.models.* deep imports under the pyvene alia
 _EXPORTS: Dict[str, Tuple[str, ...]] = {
     ".config": ("IntervenableConfig", "RepresentationConfig"),
     ".errors": ("ComponentError", "ConfigError", "InputError", "IntervenableError", "LocationError", "ShapeError",
-                "SubspaceError"),
+                "SourceCountError", "SubspaceError"),
+    ".inputs": ("SharedSource",),
     ".hooks": ("HookSet",),
     ".cache": ("ActivationCache", "CachedActivations", "cache_to_disk", "generate_with_cache", "load_cache",
                "run_with_cache"),
@@ -75,10 +76,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .causal_model import CausalModel, hierarchical_equality_model  # noqa: F401
     from .config import IntervenableConfig, RepresentationConfig  # noqa: F401
     from .errors import (ComponentError, ConfigError, InputError, IntervenableError,  # noqa: F401
-                         LocationError, ShapeError, SubspaceError)
+                         LocationError, ShapeError, SourceCountError, SubspaceError)
     from .cache import (ActivationCache, CachedActivations, cache_to_disk, generate_with_cache,  # noqa: F401
                         load_cache, run_with_cache)
     from .hooks import HookSet  # noqa: F401
+    from .inputs import SharedSource  # noqa: F401
     from .interventions import *  # noqa: F401,F403
     from .io import SerializationError  # noqa: F401
     from .model import IntervenableModel, IntervenableModelOutput  # noqa: F401

@@ -15,6 +15,8 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .interventions.rotations import sigmoid_boundary  # defined with Boundless DAS, its user
+
 __all__ = [
     "GET_LOC",
     "build_intervenable_model",
@@ -88,11 +90,6 @@ def set_seed(seed: int) -> None:
         np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-
-
-def sigmoid_boundary(_input: torch.Tensor, boundary_x: Any, boundary_y: Any, temperature: Any) -> torch.Tensor:
-    """Soft mask ~1 inside ``(boundary_x, boundary_y)`` and ~0 outside (Boundless DAS)."""
-    return torch.sigmoid((_input - boundary_x) / temperature) * torch.sigmoid((boundary_y - _input) / temperature)
 
 
 def harmonic_sigmoid_boundary(_input: torch.Tensor, boundary_x: Any, boundary_y: Any, temperature: Any) -> torch.Tensor:

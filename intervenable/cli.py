@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   intervenable trace --model ./my-gpt2 --prompt "The Eiffel Tower is in" --target " Paris" \\
       --subject "The Eiffel Tower" --out out/trace.png
   intervenable trace --model gpt2 --prompt "..." --target " Paris" --subject "..." \\
-      --components block_output mlp_output attention_output --window 10
+      --components block_output mlp_output attention_output --window 3 --samples 10
   intervenable patch --model ./my-gpt2 --clean "The Eiffel Tower is in" --corrupted "The Colosseum is in" \\
       --target " Paris" --out out/patch.png
   intervenable patch --model ./my-gpt2 --clean "..." --corrupted "..." --target " Paris" --method atp --verify 10
@@ -185,7 +185,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be checked from the command line alone: numbers, output paths, empty texts."""
     _torch_dtype(args.dtype, load=False)
     _positive(args.batch_size, "--batch-size", "rows per forward")
-    _positive(getattr(args, "window", None), "--window", "layers restored together; ROME uses 10")
+    _positive(getattr(args, "window", None), "--window", "layers restored together; ROME uses 10 of 48 layers")
     _positive(getattr(args, "samples", None), "--samples", "noise draws to average; ROME uses 10")
     if getattr(args, "noise", None) is not None and not args.noise > 0:
         raise CliError(f"--noise must be > 0 (the std of the Gaussian noise); got {args.noise}.")
@@ -336,7 +336,7 @@ def cmd_components(args: argparse.Namespace) -> None:
     model = load_weights(args.model, args.device, args.dtype)
     from .sites.resolve import list_components
 
-    list_components(model, layer=args.layer)
+    print(list_components(model, layer=args.layer))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,8 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--subject", default=None, help="words of the prompt to corrupt with Gaussian noise")
     t.add_argument("--corrupted", default=None, help="a counterfactual prompt of the same length instead of noise")
     t.add_argument("--noise", type=float, default=None, help="noise std (default 3 x std of the embeddings)")
-    t.add_argument("--samples", type=int, default=1, help="noise draws to average (ROME: 10)")
-    t.add_argument("--window", type=int, default=1, help="layers restored together for mlp/attention (ROME: 10)")
+    t.add_argument("--samples", type=int, default=1, help="noise draws to average (default 1; ROME averages 10)")
+    t.add_argument("--window", type=int, default=1, help="layers restored together for mlp/attention (ROME: 10 of GPT-2 XL's 48 layers; about a fifth of "
+                        "the layers, e.g. 3 for 12)")
     t.add_argument("--sever", choices=["mlp", "attention"], default=None, help="freeze later MLP / attention")
     t.set_defaults(func=cmd_trace)
 

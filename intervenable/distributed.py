@@ -21,15 +21,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch.distributed as dist
 
+from .ranks import rank_and_world
+
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def rank_and_world() -> Tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` without an initialised process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def shard_bounds(n: int, rank: int, world: int) -> Tuple[int, int]:

@@ -52,6 +52,11 @@ class FastPathFallbackWarning(UserWarning):
     """
 
 
+class SourceCountError(InputError, IndexError):
+    """The number of sources does not match the number of intervention groups (an ``IndexError`` too, as the
+    reference raises for a missing group's source)."""
+
+
 def closest(name: str, choices: Iterable[str], n: int = 3, normalise: Optional[Callable[[str], str]] = None) -> str:
     """A 'did you mean' suffix listing the closest names, or an empty string.
 

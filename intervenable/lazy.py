@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import types
 from typing import Any, Callable, Dict, List, Tuple
 
 
@@ -29,6 +30,10 @@ def lazy_exports(package: str, where: Dict[str, str]) -> Tuple[Callable[[str], A
         return value
 
     def __dir__() -> List[str]:
-        return sorted(set(namespace) | set(namespace.get("__all__", ())))
+        # Public names only: the exports and the package's submodules already imported (``pv.sweeps``),
+        # not what the package's own module imported for itself (``Dict``, ``TYPE_CHECKING``, ``annotations``).
+        submodules = {name for name, value in namespace.items() if not name.startswith("_")
+                      and isinstance(value, types.ModuleType) and value.__name__ == f"{package}.{name}"}
+        return sorted(set(namespace.get("__all__", ())) | submodules)
 
     return __getattr__, __dir__

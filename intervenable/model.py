@@ -11,9 +11,9 @@ from torch import nn
 
 from .config import IntervenableConfig, RepresentationConfig, as_config
 from .engine import CallPlan, CallState, Slot, getter, setter
-from .errors import ConfigError, InputError, warn_user
+from .errors import ConfigError, InputError, SourceCountError, warn_user
 from .hooks import HookSet
-from .inputs import batch_size, call_model, repeat_rows
+from .inputs import SharedSource, batch_size, call_model, last_real_positions, repeat_rows
 from .interventions.base import Capabilities
 from .io import SerializationMixin
 from .model_params import ParameterMixin
@@ -21,7 +21,8 @@ from .preflight import at_call_site, check_batches, check_call, check_partition
 from .sites.resolve import resolve_component
 from .sites.site import Site
 from .slots import InterventionDict, build_intervention, place_on_site_device, representation_key
-from .units import Locations, normalise_parallel, normalise_serial, normalise_serial_base_only, normalise_subspaces
+from .units import (Locations, expand_last, normalise_parallel, normalise_serial, normalise_serial_base_only,
+                    normalise_subspaces, uses_last)
 
 if TYPE_CHECKING:
     from .generation import GenerationPlan
@@ -85,6 +86,7 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             if self.use_fast and hasattr(intervention, "use_fast"):
                 intervention.use_fast = True
             slot = Slot(key, i, site, rep.unit, intervention, rep, Capabilities.of(intervention), self.as_adaptor)
+            self._warn_head_pos(rep, site, slot)
             if not site.writable and not slot.is_collect:
                 raise ConfigError(
                     f"{rep.component!r} at {site.describe()} can be read but not written (changing it does "
@@ -119,6 +121,21 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             raise ConfigError(
                 f"Unit {rep.unit!r} selects attention heads, but {rep.component!r} has no head view. "
                 "Use a head component (head_attention_value_output, head_query_output, ...) or unit 'pos'."
+            )
+
+    @staticmethod
+    def _warn_head_pos(rep: RepresentationConfig, site: Site, slot: Slot) -> None:
+        """A head component written at unit 'pos' patches every head there, silently: say so, and name the fix.
+
+        (The reference reads 'pos' on a head view along its head axis.) Collects are left alone: what they
+        return shows the heads.
+        """
+        if rep.unit == "pos" and site.has_heads and str(rep.component).startswith("head_") and not slot.is_collect:
+            warn_user(
+                f"{rep.component!r} is split into {site.n_heads} heads, but its unit is 'pos': the intervention "
+                "covers every head at the given positions. To choose heads, set \"unit\": \"h\" (heads, every "
+                "position) or \"unit\": \"h.pos\" (heads at positions, unit_locations [[heads], [positions]]); "
+                "for every head at a position, use the component without 'head_' (e.g. 'attention_value_output')."
             )
 
     def _build_groups(self) -> "OrderedDict[Any, List[int]]":
@@ -164,12 +181,13 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         if not isinstance(sources, (list, tuple)):
             sources = [sources]
         sources = list(sources)
-        if len(sources) == 1 and n > 1:
-            return sources * n
+        if len(sources) == 1 and isinstance(sources[0], SharedSource):
+            return [sources[0].source] * n  # one object: it runs once for every group
         if len(sources) != n:
-            raise InputError(
-                f"Got {len(sources)} sources for {n} intervention groups: pass one source per group "
-                f"(groups: {self.groups}), or a single source to use for all."
+            raise SourceCountError(
+                f"Got {len(sources)} source{'s' if len(sources) != 1 else ''} for {n} intervention groups "
+                f"(groups: {self.groups}): pass one source per group (None skips a group), or "
+                "pv.SharedSource(source) to run every group on the same source."
             )
         return sources
 
@@ -225,7 +243,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         """
         plan = self._plan(base, sources, unit_locations, source_representations, subspaces,
                           intervention_additional_kwargs)
-        check_call(self, plan)  # before any forward
+        groups = list(self._intervention_group.values())
+        check_call(self.model, self._slots, groups, self.mode, plan)  # before any forward
         model_kwargs = self._model_kwargs(labels, use_cache)
         original = call_model(self.model, base, model_kwargs) if output_original_output else None
         state = CallState()
@@ -247,6 +266,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
         """Normalise one call's arguments into a ``CallPlan`` (batches checked before they are read)."""
         per_group = self._sources_per_group(sources)
         batch = check_batches(self.model, base, per_group)
+        if uses_last(unit_locations):
+            unit_locations = self._expand_last(unit_locations, base, per_group)
         return CallPlan(
             base=base,
             batch=batch,
@@ -258,6 +279,15 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             extra=extra,
             generation=generation,
         )
+
+    def _expand_last(self, unit_locations: Any, base: Any, per_group: List[Any]) -> Any:
+        """``"last"`` locations as each row's last real token: the base's rows, and each group's source's."""
+        group_of = {i: g for g, members in enumerate(self._intervention_group.values()) for i in members}
+        source_last = [None if per_group[group_of[i]] is None
+                       else last_real_positions(per_group[group_of[i]], f"the source of group {group_of[i]}")
+                       for i in range(len(self._slots))]
+        return expand_last(unit_locations, [s.unit for s in self._slots], any(s is not None for s in per_group),
+                           last_real_positions(base, "the base"), source_last)
 
     def _locations(self, unit_locations: Any, per_group: List[Any], batch: int) -> Any:
         """``unit_locations`` in the canonical form the mode reads (see ``CallPlan.locations``)."""

@@ -47,7 +47,10 @@ def colorbar_label(result: Any) -> str:
 
 
 def plot_sweep(result: Any, path: Union[str, Path, None] = None, title: Optional[str] = None) -> Any:
-    """One heatmap per component of a ``SweepResult`` (heads are averaged); saved when ``path`` is given."""
+    """One heatmap per component of a ``SweepResult`` (heads are averaged); saved when ``path`` is given.
+
+    Each panel is headed by its component; ``title`` (optional) heads the whole figure.
+    """
     n = len(result.components)
     rows = len(result.tokens)
     fig = _figure(4.2 * n, 1.2 + 0.28 * rows)
@@ -61,11 +64,13 @@ def plot_sweep(result: Any, path: Union[str, Path, None] = None, title: Optional
         if v.dim() == 3:
             v = v.mean(-1)
         name = comp if comp in _CMAPS else "block_output"
-        heading = title or f"{result.kind}: {comp}"
+        heading = f"{result.kind}: {comp}"  # each panel keeps its component; ``title`` heads the figure
         if result.info.get("window", 1) != 1 and comp != "block_output":
             heading += f" (window {result.info['window']})"
         heatmap(ax, v.T, labels, result.layers, heading, _CMAPS[name],
                 colorbar_label=colorbar_label(result))
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

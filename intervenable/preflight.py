@@ -38,7 +38,6 @@ from .units import Units, _check, is_opaque_subspaces
 
 if TYPE_CHECKING:
     from .engine import CallPlan, Slot
-    from .model import IntervenableModel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -241,10 +240,10 @@ def _check_subspaces(model: nn.Module, slot: "Slot", rows: Optional[List[List[in
                 )
 
 
-def check_call(pv_model: "IntervenableModel", plan: "CallPlan") -> None:
-    """Everything about one forward call that can be checked before the model runs."""
-    model = pv_model.model
-    slots = pv_model._slots
+def check_call(model: nn.Module, slots: Sequence["Slot"], groups: Sequence[List[int]], mode: str,
+               plan: "CallPlan") -> None:
+    """Everything about one forward call that can be checked before the model runs: ``model`` is the
+    wrapped model, ``slots`` its interventions, ``groups`` their indices per group, ``mode`` parallel or serial."""
     per_group = plan.sources  # batches were checked when the plan was built (check_batches)
     for slot, rows in zip(slots, plan.subspaces):
         _check_subspaces(model, slot, rows)
@@ -253,9 +252,8 @@ def check_call(pv_model: "IntervenableModel", plan: "CallPlan") -> None:
     def length(inputs: Any, slot: "Slot") -> Optional[int]:
         return lengths.get(id(inputs)) if _positions_follow_input(model, slot) else None
 
-    groups = list(pv_model._intervention_group.values())
     has_sources = any(s is not None for s in per_group)
-    if pv_model.mode == "parallel" or not has_sources:  # serial without sources: every group acts on the base
+    if mode == "parallel" or not has_sources:  # serial without sources: every group acts on the base
         for g, members in enumerate(groups):
             for i in members:
                 slot, loc = slots[i], plan.locations[i]

@@ -21,6 +21,9 @@ Accepted forms (the reference library's, plus a few conveniences):
   read as in the reference, base unit ``b`` (with a warning: ``[[[s, b]]]``
   names both units).
 * Serial mode: keys ``"source_0->source_1"``, ..., ``"source_{n-1}->base"``.
+* ``"last"`` (parallel mode, unit ``pos``): each row's last real token (its attention mask's last 1),
+  alone or as either side of a pair: ``{"base": "last"}``, ``{"sources->base": "last"}``,
+  ``{"sources->base": (3, "last")}``; ``expand_last`` turns it into per-row positions.
 """
 from __future__ import annotations
 
@@ -206,6 +209,66 @@ def _pair_value(value: Any, units: Sequence[str], batch: int, base_only: bool) -
         "[intervention][batch][units] lists, an int, a (source, base) pair, or {'base': ...}; got "
         f"{value!r}."
     )
+
+
+LAST = "last"
+
+
+def _is_last(value: Any) -> bool:
+    return isinstance(value, str) and value == LAST
+
+
+def uses_last(unit_locations: Any) -> bool:
+    """True when ``unit_locations`` names the ``"last"`` real token anywhere ``expand_last`` reads it."""
+    if not isinstance(unit_locations, Mapping):
+        return _is_last(unit_locations)
+    for value in unit_locations.values():
+        if _is_last(value) or (isinstance(value, (list, tuple)) and len(value) == 2 and any(map(_is_last, value))):
+            return True
+    return False
+
+
+def expand_last(unit_locations: Any, units: Sequence[str], has_sources: bool, base_last: torch.Tensor,
+                source_last: Sequence[Optional[torch.Tensor]]) -> Any:
+    """``unit_locations`` with ``"last"`` replaced by nested ``[intervention][batch][1]`` positions.
+
+    ``base_last`` holds the last real position of each base row; ``source_last[i]`` those of intervention
+    ``i``'s source (None without one). Only parallel-mode forms (``"sources->base"`` / ``"base"``) and
+    position units take ``"last"``.
+    """
+    if not isinstance(unit_locations, Mapping):
+        unit_locations = {"sources->base" if has_sources else "base": unit_locations}
+    bad = [u for u in units if u != "pos"]
+    if bad:
+        raise LocationError(f"The location 'last' is a position, but an intervention's unit is {bad[0]!r}: use "
+                            "explicit positions for head units (unit 'h.pos': [[heads], [positions]]).")
+    unknown = [k for k in unit_locations if k not in ("sources->base", "base")]
+    if unknown:
+        raise LocationError(f"The location 'last' is read in parallel mode ('sources->base' or 'base'), not in "
+                            f"{unknown[0]!r}: give the serial keys explicit positions.")
+
+    def side(value: Any, rows: Sequence[Optional[torch.Tensor]]) -> Any:
+        """One side as [intervention][batch][units] (one row broadcasts over the batch)."""
+        if _is_last(value):
+            return [[[int(p)] for p in (base_last if r is None else r).tolist()] for r in rows]
+        if _is_int(value):
+            return [[[int(value)]] for _ in rows]
+        if value is None:
+            return None
+        raise LocationError(f"'last' pairs with an int or None on the other side; got {value!r}.")
+
+    base_rows = [base_last] * len(units)
+    out = {}
+    for key, value in unit_locations.items():
+        if key == "base":
+            out[key] = side(value, base_rows) if _is_last(value) else value
+        elif _is_last(value):
+            out[key] = (side(value, source_last), side(value, base_rows))
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and any(map(_is_last, value)):
+            out[key] = (side(value[0], source_last), side(value[1], base_rows))
+        else:
+            out[key] = value
+    return out
 
 
 def normalise_parallel(unit_locations: Any, units: Sequence[str], batch: int, has_sources: bool) -> List[Locations]:

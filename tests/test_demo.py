@@ -102,3 +102,27 @@ def test_average_trace_over_facts_shows_romes_picture() -> None:
                                                            x.positions[-1])] for x in r.per_example])
         torch.testing.assert_close(v[:, k], cells.mean(0), atol=1e-6, rtol=0)
     assert "peak" in peaks(avg)[0] and "at the last subject token" in peaks(avg)[0]
+
+def test_plot_title_heads_the_figure_and_each_panel_keeps_its_component():
+    fact = FACTS[0]
+    r = pv.causal_trace(MODEL, fact["prompt"], target=fact["target"], subject=fact["subject"], tokenizer=TOKENIZER,
+                        layers=[0, 1], positions=[-2, -1], components=["block_output", "mlp_output"], progress=False)
+    fig = r.plot(title="My trace")
+    headings = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert headings == ["causal_trace: block_output", "causal_trace: mlp_output"]
+    assert fig._suptitle is not None and fig._suptitle.get_text() == "My trace"
+
+
+def test_attribution_side_by_side_colour_bar_names_the_target_text():
+    from intervenable.demo.main import side_by_side
+
+    fact = FACTS[0]
+    other = next(g for g in FACTS if g["relation"] == fact["relation"] and g["template_id"] == fact["template_id"]
+                 and not set(g["subject"].split()) & set(fact["subject"].split()))   # same sentence, other person
+    kw = dict(target=fact["target"], foil=other["target"], tokenizer=TOKENIZER, metric="logit_diff", layers=[0],
+              positions=[-1])
+    exact = pv.patching_sweep(MODEL, other["prompt"], fact["prompt"], progress=False, **kw)
+    atp = pv.attribution_patching(MODEL, other["prompt"], fact["prompt"], **kw)
+    text = TOKENIZER.decode([exact.target])
+    labels = [ax.get_ylabel() for ax in side_by_side(exact, atp, atp).plot().axes]
+    assert labels.count(f"logit_diff of {text!r}") == 3 and not any("token" in lab for lab in labels)

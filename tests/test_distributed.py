@@ -1,6 +1,9 @@
 """Two gloo processes: a sharded map equals the single-process one, and DDP training of an
 intervention equals single-process training on the concatenated batch."""
+import glob
 import os
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -109,10 +112,14 @@ def trace_inputs():
     return model, clean, corrupted
 
 
+def gloo_threads():
+    """Names of this process's gloo threads (Linux: /proc/self/task/*/comm)."""
+    names = [open(f).read().strip() for f in glob.glob("/proc/self/task/*/comm")]
+    return sorted(n for n in names if "gloo" in n)
+
+
 def _sweep_worker(rank, world, init_file, out_dir):
     import sys
-    import faulthandler
-    faulthandler.enable(all_threads=True)  # a rank that aborts (seen rarely under load) prints where it was
 
     sys.path.insert(0, os.path.dirname(__file__))
     torch.set_num_threads(1)
@@ -137,9 +144,14 @@ def _sweep_worker(rank, world, init_file, out_dir):
                         "one_position": one_position.values}, os.path.join(out_dir, "sweep.pt"))
         else:
             assert result is None and fast is None
-        dist.barrier()  # both ranks done before the group is torn down: gloo aborts a rank whose peer left
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # The group is freed: no gloo thread runs on into interpreter shutdown (where one used to abort a rank
+    # now and then). transformers' modeling import, inside trace_inputs(), loads torch.distributed.nn,
+    # which binds the live group as a default argument unless it was imported first (intervenable/ranks.py).
+    with open(os.path.join(out_dir, f"threads{rank}.txt"), "w") as f:
+        f.write(",".join(gloo_threads()))
 
 
 def test_two_process_sweep_equals_single_process_sweep():
@@ -147,6 +159,8 @@ def test_two_process_sweep_equals_single_process_sweep():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_sweep_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
         got = torch.load(os.path.join(tmp, "sweep.pt"))
+        threads = [open(os.path.join(tmp, f"threads{r}.txt")).read() for r in range(2)]
+    assert threads == ["", ""]  # no gloo thread left after destroy_process_group, on either rank
     model, clean, corrupted = trace_inputs()
     single = pv.causal_trace(model, clean, corrupted, 7, components=["block_output", "mlp_output"], progress=False)
     assert got["layers"] == single.layers == [0, 1, 2]
@@ -159,3 +173,33 @@ def test_two_process_sweep_equals_single_process_sweep():
     assert torch.allclose(got["noised"], noised.values, atol=1e-6)
     one = pv.patching_sweep(model, corrupted, clean, 7, positions=[2], progress=False)
     assert torch.allclose(got["one_position"], one.values, atol=1e-6)
+
+
+
+LATE_IMPORT = """
+import glob, sys, tempfile
+import torch.distributed as dist
+if sys.argv[1] == "ours-first":
+    import intervenable.distributed  # noqa: F401  (as a script that uses our helpers imports them)
+dist.init_process_group("gloo", init_method="file://" + tempfile.mkdtemp() + "/init", rank=0, world_size=1)
+from transformers import GPT2LMHeadModel  # noqa: F401  (modeling code first imported after init)
+import torch.distributed.nn  # noqa: F401  (what it imports, whatever the transformers version)
+dist.destroy_process_group()
+print(",".join(sorted(n for n in (open(f).read().strip() for f in glob.glob("/proc/self/task/*/comm")) if "gloo" in n)))
+"""
+
+
+@pytest.mark.parametrize("order", ["late", "ours-first"])
+def test_destroy_process_group_frees_gloo_when_intervenable_is_imported_first(order):
+    """The cause of the rare rank abort, in one process: torch.distributed.nn first imported after
+    init_process_group (transformers' modeling code imports it) binds the group as a default argument,
+    so destroy_process_group cannot free it and gloo's threads run on; importing intervenable's
+    distributed helpers before init imports it while there is no group, and the group is freed."""
+    out = subprocess.run([sys.executable, "-c", LATE_IMPORT, order], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    left = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if order == "late":
+        assert "pt_gloo_runloop" in left  # the trap itself: the group outlives destroy_process_group
+    else:
+        assert left == ""

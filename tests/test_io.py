@@ -30,7 +30,7 @@ LOC = {"sources->base": 1}
 def outputs(pv_model: Any) -> List[torch.Tensor]:
     """Every tensor an intervened call returns (logits, plus collected activations)."""
     with torch.no_grad():
-        result = pv_model(BASE, [SOURCE], unit_locations=LOC)
+        result = pv_model(BASE, pv.SharedSource(SOURCE), unit_locations=LOC)  # linked sites are two groups
     first, intervened = result
     tensors = [intervened.logits]
     if isinstance(first, tuple):
@@ -73,7 +73,7 @@ def train_a_little(pv_model: Any, include_model: bool) -> None:
 
 
 def outputs_with_grad(pv_model: Any) -> List[torch.Tensor]:
-    first, intervened = pv_model(BASE, [SOURCE], unit_locations=LOC)
+    first, intervened = pv_model(BASE, pv.SharedSource(SOURCE), unit_locations=LOC)
     return [intervened.logits] + (list(first[1]) if isinstance(first, tuple) else [])
 
 

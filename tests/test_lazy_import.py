@@ -49,3 +49,14 @@ def test_unknown_name_is_an_attribute_error():
         assert "NoSuchThing" in str(exc)
     else:
         raise AssertionError("no AttributeError")
+
+
+def test_dir_lists_only_public_names():
+    import types
+
+    listed = dir(intervenable)
+    for private in ("Dict", "List", "Tuple", "TYPE_CHECKING", "annotations", "lazy_exports"):
+        assert private not in listed
+    extra = set(listed) - set(intervenable.__all__)
+    assert all(isinstance(getattr(intervenable, name), types.ModuleType) for name in extra)  # pv.sweeps...
+    assert all(getattr(intervenable, name).__name__ == f"intervenable.{name}" for name in extra)

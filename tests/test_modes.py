@@ -1,4 +1,5 @@
 """Parallel and serial modes, groups, links, source forms and config forms, against the manual forward."""
+import pytest
 import torch
 
 import intervenable as pv
@@ -46,17 +47,38 @@ def test_parallel_groups_read_their_own_sources():
     assert torch.allclose(out.logits, expected, atol=1e-5)
 
 
-def test_single_source_is_broadcast_to_all_groups():
+def test_one_source_for_several_groups_is_an_error_that_is_also_an_index_error():
+    pv_model = pv.IntervenableModel([{"layer": 0, "component": "block_output"}, {"layer": 1, "component": "block_output"}], MODEL)
+    for sources in ([_inp(S0)], _inp(S0), [_inp(S0), _inp(S1), _inp(S0)]):
+        with pytest.raises(pv.SourceCountError, match=r"for 2 intervention groups.*pv\.SharedSource\(source\)"):
+            pv_model(_inp(BASE), sources, unit_locations={"sources->base": 3})
+    try:  # the reference's test_with_subspace_negative catches IndexError
+        pv_model(_inp(BASE), [_inp(S0)], unit_locations={"sources->base": 3})
+    except IndexError as exc:
+        assert isinstance(exc, pv.InputError) and isinstance(exc, ValueError)
+    else:
+        raise AssertionError("IndexError was not raised")
+
+
+def test_shared_source_runs_every_group_on_one_source():
     c0 = cache(MODEL, S0)
     pv_model = pv.IntervenableModel([{"layer": 0, "component": "block_output"}, {"layer": 1, "component": "block_output"}], MODEL)
     assert len(pv_model.groups) == 2
-    _, out = pv_model(_inp(BASE), [_inp(S0)], unit_locations={"sources->base": 3})
+    runs = []
+    handle = MODEL.register_forward_pre_hook(lambda m, a, k: runs.append(1), with_kwargs=True)
+    try:
+        _, out = pv_model(_inp(BASE), pv.SharedSource(_inp(S0)), unit_locations={"sources->base": 3})
+    finally:
+        handle.remove()
+    assert len(runs) == 2  # the shared source once, then the base
+    _, same = pv_model(_inp(BASE), [_inp(S0), _inp(S0)], unit_locations={"sources->base": 3})
     # Layer 1's patch takes S0's clean layer-1 value at position 3, on top of layer 0's patch.
     expected = manual_forward(MODEL, BASE, _edits({
         ("block_output", 0): _set(3, c0[("block_output", 0)][:, 3]),
         ("block_output", 1): _set(3, c0[("block_output", 1)][:, 3]),
     }))
     assert torch.allclose(out.logits, expected, atol=1e-5)
+    assert torch.allclose(same.logits, expected, atol=1e-5)
 
 
 def test_serial_mode_chains_sources():

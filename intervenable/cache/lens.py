@@ -15,7 +15,7 @@ The final norm, two ways (``scale=``):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -24,17 +24,26 @@ from ..errors import ComponentError, ConfigError, InputError, ShapeError
 from ..sites.residual import ResidualStream, final_norm, residual_stream
 from .request import RESIDUAL_COMPONENTS
 
-if TYPE_CHECKING:
-    from .store import ActivationCache
+
+
+class CacheView(Protocol):
+    """What the toolkit reads of an ``ActivationCache`` (store.py, whose methods call these functions:
+    the toolkit sits below the cache object and never imports it)."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def __getitem__(self, key: Any) -> torch.Tensor: ...
+
+    def _model(self) -> nn.Module: ...
 
 SCALES = ("recompute", "frozen")
 
 
-def _stream(cache: "ActivationCache") -> ResidualStream:
+def _stream(cache: CacheView) -> ResidualStream:
     return residual_stream(cache._model())
 
 
-def _need(cache: "ActivationCache", component: str, layer: int, what: str) -> torch.Tensor:
+def _need(cache: CacheView, component: str, layer: int, what: str) -> torch.Tensor:
     if (component, layer) not in cache:
         default = (" (the default components include it)" if component in RESIDUAL_COMPONENTS else
                    f" next to the defaults, {list(RESIDUAL_COMPONENTS)}")
@@ -53,7 +62,7 @@ def _upto(stream: ResidualStream, layer: Optional[int]) -> int:
     return layer % (n + 1) if layer < 0 else layer
 
 
-def logit_lens(cache: "ActivationCache", layers: Optional[Sequence[int]] = None, include_embed: bool = False) -> torch.Tensor:
+def logit_lens(cache: CacheView, layers: Optional[Sequence[int]] = None, include_embed: bool = False) -> torch.Tensor:
     stream = _stream(cache)
     layers = list(range(len(stream.layers))) if layers is None else list(layers)
     states = [_need(cache, "block_input", 0, "logit_lens(include_embed=True)")] if include_embed else []
@@ -68,7 +77,7 @@ def _readout_logits(out: Any, resid: torch.Tensor) -> torch.Tensor:
     return out.logits(resid.to(dtype)).float()
 
 
-def accumulated_resid(cache: "ActivationCache", layer: Optional[int], apply_ln: Union[bool, str],
+def accumulated_resid(cache: CacheView, layer: Optional[int], apply_ln: Union[bool, str],
                       return_labels: bool) -> Any:
     stream = _stream(cache)
     upto = _upto(stream, layer)
@@ -86,7 +95,7 @@ def accumulated_resid(cache: "ActivationCache", layer: Optional[int], apply_ln: 
     return (stack, labels) if return_labels else stack
 
 
-def decompose_resid(cache: "ActivationCache", layer: Optional[int], return_labels: bool) -> Any:
+def decompose_resid(cache: CacheView, layer: Optional[int], return_labels: bool) -> Any:
     stream = _stream(cache)
     upto = _upto(stream, layer)
     parts = [_need(cache, "block_input", 0, "decompose_resid")]
@@ -117,7 +126,7 @@ def linear_weight(module: nn.Module, width: int) -> Tuple[torch.Tensor, torch.Te
         return torch.cat(rows), bias
 
 
-def head_results(cache: "ActivationCache", layer: Optional[int]) -> torch.Tensor:
+def head_results(cache: CacheView, layer: Optional[int]) -> torch.Tensor:
     stream = _stream(cache)
     if layer is None:
         return torch.stack([head_results(cache, l) for l in range(len(stream.layers))])
@@ -134,13 +143,13 @@ def head_results(cache: "ActivationCache", layer: Optional[int]) -> torch.Tensor
     return torch.einsum("bshk,hkd->bshd", z, w.to(z.device).view(H, hd, -1))
 
 
-def _final_scale(cache: "ActivationCache", stream: ResidualStream):
+def _final_scale(cache: CacheView, stream: ResidualStream):
     norm = final_norm(cache._model())
     final = _need(cache, "block_output", len(stream.layers) - 1, "the frozen final norm")
     return norm, norm.scale(final)
 
 
-def apply_ln_to_stack(cache: "ActivationCache", stack: torch.Tensor, scale: str) -> torch.Tensor:
+def apply_ln_to_stack(cache: CacheView, stack: torch.Tensor, scale: str) -> torch.Tensor:
     """``stack`` ``[n, batch, seq, width]`` through the final norm (see the module docstring for ``scale``)."""
     if scale not in SCALES:
         raise ConfigError(f"scale must be 'recompute' or 'frozen' (see docs/cache.md); got {scale!r}.")
@@ -159,7 +168,7 @@ def _param_dtype(stream: ResidualStream) -> torch.dtype:
     return next((p.dtype for m in stream.readout.final for p in m.parameters()), torch.float32)
 
 
-def _directions(cache: "ActivationCache", stream: ResidualStream, tokens: Any, incorrect: Any,
+def _directions(cache: CacheView, stream: ResidualStream, tokens: Any, incorrect: Any,
                 direction: Optional[torch.Tensor], batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per batch row, the unembedding direction ``[batch, width]`` and the head's bias term ``[batch]``."""
     if direction is not None:
@@ -195,7 +204,7 @@ def _directions(cache: "ActivationCache", stream: ResidualStream, tokens: Any, i
     return d, bias
 
 
-def logit_attrs(cache: "ActivationCache", tokens: Any, incorrect: Any, direction: Optional[torch.Tensor],
+def logit_attrs(cache: CacheView, tokens: Any, incorrect: Any, direction: Optional[torch.Tensor],
                 heads: bool, position: Optional[int], return_labels: bool) -> Any:
     """Direct logit attribution: ``[components, batch]`` at ``position`` (an index into the cache's
     ``seq`` axis; None: every cached position, ``[components, batch, seq]``).
@@ -230,7 +239,7 @@ def logit_attrs(cache: "ActivationCache", tokens: Any, incorrect: Any, direction
     return (attrs, labels) if return_labels else attrs
 
 
-def _split_heads(cache: "ActivationCache", stream: ResidualStream, parts: torch.Tensor,
+def _split_heads(cache: CacheView, stream: ResidualStream, parts: torch.Tensor,
                  labels: List[str]) -> Tuple[torch.Tensor, List[str]]:
     """``decompose_resid``'s parts with each attention write replaced by its heads and its bias."""
     from ..sites.resolve import resolve_component

@@ -82,7 +82,7 @@ def peaks(avg) -> list:
 
 def _attribution(model, tok, fact: dict, facts: list, out: str) -> None:
     """Exact activation patching beside its attribution-patching estimate, for a counterfactual subject."""
-    from .. import SweepResult, attribution_patching, patching_sweep
+    from .. import attribution_patching, patching_sweep
     from ..sweeps.spec import spearman
 
     other = next((g for g in facts if g["relation"] == fact["relation"] and g["template_id"] == fact["template_id"]
@@ -100,10 +100,17 @@ def _attribution(model, tok, fact: dict, facts: list, out: str) -> None:
         print(f"  {r.info['method']}: {cost}, {r.info['seconds']:.3f} s; rank correlation with exact "
               f"{spearman(r.values, exact.values):.2f}")
     print("\n".join(ig.summary().splitlines()[-6:]))
-    both = SweepResult(values=torch.cat([exact.values, atp.values, ig.values]), components=["exact", "atp", "ig"],
+    print(f"Exact and estimated heatmaps written to {side_by_side(exact, atp, ig).save(out)}.")
+
+
+def side_by_side(exact, atp, ig):
+    """One ``SweepResult`` whose panels are the exact sweep and its two estimates (same metric and target)."""
+    from .. import SweepResult
+
+    return SweepResult(values=torch.cat([exact.values, atp.values, ig.values]), components=["exact", "atp", "ig"],
                        layers=exact.layers, positions=exact.positions, tokens=exact.tokens, metric=exact.metric,
-                       target=exact.target, kind="block_output patching")
-    print(f"Exact and estimated heatmaps written to {both.save(out)}.")
+                       target=exact.target, kind="block_output patching",
+                       info={"target_text": exact.info.get("target_text")})  # the colour bar names the target
 
 
 def _explain(r) -> str:

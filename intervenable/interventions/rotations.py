@@ -22,7 +22,6 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..basic_utils import sigmoid_boundary  # the reference's soft boundary (Boundless DAS)
 from ..errors import ConfigError, ShapeError
 from .base import (
     BasisAgnosticIntervention,
@@ -43,6 +42,12 @@ def require_embed_dim(intervention: nn.Module, kwargs: dict) -> int:
             f"with embed_dim=..., or use a component whose width is known (width * max_number_of_units)."
         )
     return int(embed_dim)
+
+
+def sigmoid_boundary(_input: torch.Tensor, boundary_x: Any, boundary_y: Any, temperature: Any) -> torch.Tensor:
+    """Soft mask ~1 inside ``(boundary_x, boundary_y)`` and ~0 outside (Boundless DAS; the reference's
+    ``basic_utils.sigmoid_boundary``, which basic_utils re-exports)."""
+    return torch.sigmoid((_input - boundary_x) / temperature) * torch.sigmoid((boundary_y - _input) / temperature)
 
 
 class RotateLayer(nn.Module):

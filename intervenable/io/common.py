@@ -30,10 +30,10 @@ class SerializationError(IntervenableError, ValueError):
 
 
 def library_version() -> str:
-    """``intervenable.__version__``, read lazily (the package imports this module)."""
-    import intervenable
+    """``intervenable.__version__`` (from version.py: this layer does not import the package)."""
+    from ..version import __version__
 
-    return str(getattr(intervenable, "__version__", "0"))
+    return str(__version__)
 
 
 # -- JSON values -------------------------------------------------------------------

@@ -189,6 +189,11 @@ class Architecture:
     base_paths: Tuple[str, ...] = field(default=())
     description: str = ""
     stack: Optional[LayerStack] = None
+    # True where the family adds learned absolute position embeddings numbered 0..T-1 whatever the padding
+    # (GPT-2, GPT-Neo, BERT): a left-padded batch then needs ``position_ids`` from its attention mask, as
+    # ``generate`` passes them (see inputs.padded_position_ids). Rotary families are unchanged by a shift of
+    # every position, and OPT / RoBERTa number their positions from the padding themselves.
+    positions_from_mask: bool = False
 
 
 _BY_NAME: Dict[str, Architecture] = {}

@@ -224,12 +224,30 @@ def resolve_component(model: nn.Module, component: str, layer: Any = None, moe_k
     )
 
 
-def list_components(model: nn.Module, layer: int = 0, print_table: bool = True) -> Dict[str, str]:
+class ComponentTable(dict):
+    """``{component: "module.path.output [view] width=..."}`` whose repr is the printed table.
+
+    A dict, so ``table["block_output"]`` and ``"mlp_output" in table`` work; in a notebook or the
+    shell the last expression shows the table once (nothing is printed by ``list_components``).
+    """
+
+    def __init__(self, title: str, rows: Dict[str, str]) -> None:
+        super().__init__(rows)
+        self.title = title
+
+    def __repr__(self) -> str:
+        width = max((len(k) for k in self), default=0)
+        return "\n".join([self.title] + [f"  {name.ljust(width)}  {where}" for name, where in self.items()])
+
+    __str__ = __repr__
+
+
+def list_components(model: nn.Module, layer: int = 0, print_table: bool = False) -> ComponentTable:
     """The abstract components available for ``model`` and where each lands (at ``layer``).
 
-    Returns ``{component: "module.path.output [view]"}`` and prints it as a
-    table unless ``print_table=False``. Models without a registry entry list
-    their module paths instead, which work as raw components.
+    Returns a ``ComponentTable``: a dict ``{component: "module.path.output [view]"}`` whose repr is a
+    readable table (so a notebook shows it once). Models without a registry entry list their module
+    paths instead, which work as raw components. ``print_table=True`` also prints it.
     """
     arch = find_architecture(model)
     table: Dict[str, str] = {}
@@ -242,15 +260,13 @@ def list_components(model: nn.Module, layer: int = 0, print_table: bool = True) 
                 continue
             width = f" width={site.width}" if site.width is not None else ""
             table[name] = site.describe() + width
+        title = f"Components of {arch.name} at layer {layer}:"
     else:
         for name, module in model.named_modules():
             if name:
                 table[name] = f"{name}.output ({type(module).__name__})"
+        title = f"Components of {type(model).__name__} (no registry entry: raw module paths):"
+    result = ComponentTable(title, table)
     if print_table:
-        title = arch.name if arch is not None else f"{type(model).__name__} (no registry entry: raw module paths)"
-        print(f"Components of {title}" + (f" at layer {layer}:" if arch is not None else ":"))
-        width = max((len(k) for k in table), default=0)
-        for name, where in table.items():
-            print(f"  {name.ljust(width)}  {where}")
-    return table
-
+        print(result)
+    return result

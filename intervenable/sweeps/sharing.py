@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import torch
 
-from ..distributed import rank_and_world
+from ..ranks import rank_and_world
 
 _SHARING: ContextVar[bool] = ContextVar("intervenable_share_rows", default=False)
 

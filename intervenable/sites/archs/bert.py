@@ -63,5 +63,6 @@ for _name, _types, _desc in (
             components=bert_components(),
             description=_desc,
             stack=_STACKS[_name],
+            positions_from_mask=_name == "bert",  # RoBERTa / ESM number positions from the padding themselves
         )
     )

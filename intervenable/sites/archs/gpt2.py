@@ -42,5 +42,6 @@ GPT2 = register_architecture(
         # Learned positions are added before layer 0, so a layer needs only the mask and the cache.
         stack=LayerStack(final=("ln_f",), residual=Residual(attention_norm="h.{layer}.ln_1", mlp_norm="h.{layer}.ln_2",
                                                                 final_norm=Norm())),
+        positions_from_mask=True,
     )
 )

@@ -56,6 +56,7 @@ GPT_NEO = register_architecture(
         description="GPT-Neo: global/local attention layers, separate q/k/v under attn.attention.",
         # Local layers apply their window through their own causal buffer (aligned to the last key).
         stack=LayerStack(final=("ln_f",), residual=Residual(attention_norm=_H + ".ln_1", mlp_norm=_H + ".ln_2", final_norm=Norm())),
+        positions_from_mask=True,
     )
 )
 
