@@ -148,14 +148,6 @@ def shard_run(path: str) -> Optional[Tuple[str, int]]:
         return None
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_atomic(folder: str, name: str, write: Any) -> None:
     """``write(tmp_path)``, flush, rename to ``folder/name``: the file appears complete or not at all."""
     final = os.path.join(folder, name)

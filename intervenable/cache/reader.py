@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..io.common import SerializationError
+from ..io.common import SerializationError, sha256_file
 from . import disk
 
 INDEX_COLUMNS = ("tokens", "sequence", "position")
@@ -127,7 +127,7 @@ def load_cache(path: Any, columns: Optional[Sequence[str]] = None, verify: bool 
         if not os.path.isfile(file) or os.path.getsize(file) != s["bytes"]:
             raise SerializationError(f"Shard {s['file']} is missing or has the wrong size ({file!r}): the folder is "
                                      "damaged; rerun cache_to_disk into a new folder.")
-        if verify and disk.file_sha256(file) != s["sha256"]:
+        if verify and sha256_file(file) != s["sha256"]:
             raise SerializationError(f"Shard {s['file']}'s content does not match its hash in the manifest: the file "
                                      "is damaged; rerun cache_to_disk into a new folder.")
     return CachedActivations(folder, manifest, columns)

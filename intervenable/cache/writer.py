@@ -11,7 +11,7 @@ from torch import nn
 
 from ..distributed import rank_and_world
 from ..errors import ConfigError, InputError
-from ..io.common import SerializationError
+from ..io.common import SerializationError, sha256_file
 from . import disk
 from .request import resolve_sites
 from .run import run_with_cache
@@ -168,7 +168,7 @@ def _manifest(folder: str, fingerprint: Dict[str, Any], sites: List[Dict[str, An
             with safe_open(file, framework="pt") as handle:
                 shapes = {site["name"]: list(handle.get_slice(site["name"]).get_shape()[1:]) for site in sites}
         listed.append({"file": disk.shard_name(s.index), "sequences": [s.first, s.end], "tokens": s.tokens,
-                       "tokens_sha256": s.tokens_sha256, "sha256": disk.file_sha256(file),
+                       "tokens_sha256": s.tokens_sha256, "sha256": sha256_file(file),
                        "bytes": os.path.getsize(file)})
     return {"format": disk.FORMAT, "run": run, "model": fingerprint,
             "sites": [dict(site, shape=shapes[site["name"]]) for site in sites], "dtype": dtype,

@@ -181,13 +181,29 @@ def _run_chunk(stack: Stack, kinds, corrupted: Corrupted, sites, rows, values, p
                 view = sites[w.site].to_view(values[w.source][w.site])
                 h[r - lo, pos] = view[0, w.pos].to(h.dtype)
 
+    return walk_layers(stack, sites, starts, H, lambda j, lo, hi: corrupted.inputs[j][0, p:], apply_block,
+                       hooked, by_layer, cache, ctx, L)
+
+
+def walk_layers(stack: Stack, sites: Dict[str, Site], starts: Sequence[int], H: torch.Tensor,
+                layer_input: Callable[[int, int, int], torch.Tensor],
+                apply_block: Callable[[int, torch.Tensor, int, int], None], hooked: Dict[str, Any],
+                by_layer: Dict[str, List[str]], cache: Any, ctx: Any, L: int) -> torch.Tensor:
+    """Run a chunk's rows (sorted by start layer) through layers ``0..L-1``; the last position after the last.
+
+    Row ``r`` joins at layer ``starts[r]`` with ``layer_input(j, lo, hi)`` (the corrupted run's input of
+    layer ``j`` for rows ``lo..hi-1``) and the block-output writes of layer ``j - 1`` applied
+    (``apply_block``); hooked writes (``hooked``, keyed by site, listed per layer in ``by_layer``) are
+    hooks for the layer's call only.
+    """
+    n = len(starts)
     active = 0
     for j in range(L + 1):
         joined = active
         while active < n and starts[active] == j:
             active += 1
         if active > joined:
-            H[joined:active] = corrupted.inputs[j][0, p:]
+            H[joined:active] = layer_input(j, joined, active)
             if j > 0:
                 apply_block(j - 1, H[joined:active], joined, active)
         if j == L or active == 0:

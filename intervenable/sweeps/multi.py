@@ -21,7 +21,7 @@ from ..errors import ConfigError, FastPathFallbackWarning
 from ..hooks import HookSet
 from ..sites.site import Site
 from .execute import eval_no_grad
-from .fast import Corrupted, check_stack, classify, record_corrupted
+from .fast import Corrupted, check_stack, classify, record_corrupted, walk_layers
 from .plans import Job, combine_samples
 from .runner import Values, auto_batch_size, capture, embedding_noise_hook, logits_kwargs, logits_of, write_hook
 from .spec import Row
@@ -268,22 +268,5 @@ def _chunk(stack: Stack, kinds, corrupted: Corrupted, sites, items, values, p: i
         if bool(keep.any()):
             h[r[keep] - lo, pos[keep]] = vals[keep].to(h.dtype)
 
-    active = 0
-    for j in range(L + 1):
-        joined = active
-        while active < n and starts[active] == j:
-            active += 1
-        if active > joined:
-            H[joined:active] = corrupted.inputs[j][ex[joined:active], p:]
-            if j > 0:
-                apply_block(j - 1, H[joined:active], joined, active)
-        if j == L or active == 0:
-            continue
-        with HookSet() as hooks:
-            for key in by_layer.get(j, ()):
-                r, pos, hd, v = hooked[key]
-                hooks.add(sites[key].module, sites[key].hook, write_hook(sites[key], r, pos, hd, v))
-            h = stack.call(j, H[:active], cache, ctx)
-        apply_block(j, h, 0, active)
-        H[:active] = h
-    return H[:, -1]
+    return walk_layers(stack, sites, starts, H, lambda j, lo, hi: corrupted.inputs[j][ex[lo:hi], p:], apply_block,
+                       hooked, by_layer, cache, ctx, L)
