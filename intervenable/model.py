@@ -14,7 +14,7 @@ from .engine import CallPlan, CallState, Slot, getter, setter
 from .errors import ConfigError, InputError, SourceCountError, warn_user
 from .hooks import HookSet
 from .inputs import SharedSource, batch_size, call_model, last_real_positions, repeat_rows
-from .interventions.base import Capabilities
+from .interventions.base import Capabilities, Intervention
 from .io import SerializationMixin
 from .model_params import ParameterMixin
 from .preflight import at_call_site, check_batches, check_call, check_partition
@@ -78,6 +78,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             else:
                 intervention = build_intervention(self.config.intervention_spec(i), rep, site)
                 check_partition(intervention, model, site, key)
+                if isinstance(intervention, Intervention):
+                    intervention.check_site(model, site)
                 if rep.intervention_link_key is not None:
                     links[rep.intervention_link_key] = intervention
             if rep.intervention_link_key is not None:

@@ -306,3 +306,27 @@ def test_hook_mlp_out_is_what_the_mlp_adds_to_the_residual_stream_also_in_gemma2
         _, out = pv.IntervenableModel(pv.SAEIntervention(sae, ablate=[0, 1, 2, 3]), gemma)({"input_ids": ids_})
         assert torch.allclose(out.logits, expected, atol=TOL, rtol=0)
         assert not torch.allclose(expected, gemma(ids_).logits, atol=1e-4)
+
+
+def test_a_transcoder_is_refused_where_the_mlp_output_is_normed_before_the_stream() -> None:
+    """Gemma 2 adds post_feedforward_layernorm(mlp(x)): no module reads the MLP's input and writes that, so a
+    transcoder there would silently write the wrong quantity. Both the splice and the feature sweep refuse it
+    before any forward, and the model is left without hooks."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from intervenable.errors import ConfigError
+
+    torch.manual_seed(0)
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
+    tc = pv.load_sae(os.path.join(DATA, "transcoder"))
+    assert tc.is_transcoder and tc.d_in == 32
+    for component in ("mlp_output", "mlp_residual"):
+        with pytest.raises(ConfigError, match="transcoder.*after a norm"):
+            pv.IntervenableModel(pv.SAEIntervention(tc, layer=1, component=component), gemma)
+    with pytest.raises(ConfigError, match="transcoder.*after a norm"):
+        pv.feature_patching(gemma, pv.SAEIntervention(tc, layer=1, component="mlp_output"), ids(1, 5, seed=2),
+                            target=7, positions=[-1])
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in gemma.modules())
+    # On GPT-2, where the MLP's output is what it adds, the same transcoder is accepted.
+    pv.IntervenableModel(pv.SAEIntervention(tc, layer=1, component="mlp_output"), MODEL)

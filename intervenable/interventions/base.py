@@ -288,6 +288,10 @@ class Intervention(nn.Module):
     def _source(self, source: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return self.source_representation if self.source_representation is not None else source
 
+    def check_site(self, model: nn.Module, site: Any) -> None:
+        """Called once when an ``IntervenableModel`` places this intervention at ``site`` of ``model``:
+        raise ``ConfigError`` naming the fix when it cannot act there (default: any site fits)."""
+
     def forward(self, base: torch.Tensor, source: Optional[torch.Tensor] = None, subspaces: Any = None, **kwargs: Any):  # pragma: no cover - abstract
         raise NotImplementedError
 

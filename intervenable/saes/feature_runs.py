@@ -24,7 +24,7 @@ from ..sweeps.fast import check_stack, classify, record_corrupted, run_fast
 from ..sweeps.runner import auto_batch_size, capture, run_general
 from ..sweeps.spec import Row, Write
 from ..sweeps.stack import build_stack
-from .intervention import SAEIntervention
+from .intervention import SAEIntervention, check_transcoder_family
 from .sae import SAE, Norm
 
 
@@ -59,14 +59,8 @@ def sae_sites(model: nn.Module, saes: Any) -> List[SAESite]:
             raise ConfigError(f"SAE {n} does not say where it acts: {SITE_HINT.replace('pv.SAEIntervention(sae', 'pass pv.SAEIntervention(sae')}.")
         raw = "." in component or "[" in component
         if sae.is_transcoder and component in ("mlp_output", "mlp_residual"):
-            after = resolve_component(model, "mlp_residual", layer)
+            check_transcoder_family(model, layer, f"SAE {n} ({sae.hook_name_out!r})")
             component = "mlp_output"
-            if after.module is not resolve_component(model, component, layer).module:
-                raise ConfigError(
-                    f"SAE {n} is a transcoder writing {sae.hook_name_out!r}, which in this family is the MLP's output "
-                    "after a norm (Gemma 2, OLMo 2): a transcoder here would read the MLP's input and write another "
-                    "module's output, which is not supported yet."
-                )
         site = resolve_component(model, component, None if raw else layer)
         reads = site
         if sae.is_transcoder:  # the module's own input (as SAEIntervention reads it)

@@ -168,6 +168,11 @@ class SAEIntervention(Intervention):
             z[..., i] = z[..., i] + v
         return z
 
+    def check_site(self, model: nn.Module, site: Any) -> None:
+        """Transcoders only where the MLP's output is what it adds to the stream (see check_transcoder_family)."""
+        if self.sae.is_transcoder and site.component in ("mlp_output", "mlp_residual"):
+            check_transcoder_family(model, site.layer, "This SAEIntervention")
+
     def forward(self, base: torch.Tensor, source: Optional[torch.Tensor] = None, subspaces: Any = None, **kwargs: Any):
         sae = self.sae
         reads = source if sae.is_transcoder else base
@@ -241,6 +246,22 @@ def _as_sae(spec: Any) -> SAE:
 
         return load_sae_from_reference(spec["reference"])
     raise ConfigError(f"SAEIntervention needs an SAE (pv.load_sae(...)); got {type(spec).__name__}.")
+
+
+def check_transcoder_family(model: nn.Module, layer: Optional[int], where: str) -> None:
+    """A transcoder writes what the MLP adds to the stream from the MLP's input: refused where the family norms
+    the MLP's output before adding it (Gemma 2, OLMo 2), since no one module reads the one and writes the other."""
+    from ..sites.resolve import resolve_component
+
+    if layer is None:
+        return
+    if resolve_component(model, "mlp_residual", layer).module is not resolve_component(model, "mlp_output", layer).module:
+        raise ConfigError(
+            f"{where} is a transcoder writing what the MLP adds to the residual stream, which in this family is the "
+            "MLP's output after a norm (Gemma 2, OLMo 2): a transcoder here would read the MLP's input and write "
+            "another module's output, which is not supported yet. Splice it at a raw module path instead if you "
+            "know where it belongs."
+        )
 
 
 def _check_transcoder_site(sae: SAE, layer: Optional[int], component: Optional[str]) -> None:
