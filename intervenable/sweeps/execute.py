@@ -79,6 +79,19 @@ def progress_bar(total: int, progress: Optional[bool], desc: str = "patching", u
     return bar.update, bar.close
 
 
+def sweep_path(fast_ready: bool, described: bool, fast: Optional[bool], reason: str, stacklevel: int) -> str:
+    """``"fast"`` when the fast path's corrupted run is ready, else ``"general"``: warned
+    (``FastPathFallbackWarning``) for a described family, refused when the caller asked for ``fast=True``."""
+    if fast_ready:
+        return "fast"
+    if described:
+        warnings.warn(f"Sweep used the general batched path: {reason}.", FastPathFallbackWarning,
+                      stacklevel=stacklevel + 1)
+    if fast:
+        raise ConfigError(f"fast=True, but the fast path cannot run this sweep: {reason}. Use fast=None.")
+    return "general"
+
+
 def execute(model: nn.Module, plan: Plan, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, noise: Noise,
             metric: Callable[[torch.Tensor], torch.Tensor], batch_size: Optional[int],
             memory_budget: Optional[int], fast: Optional[bool], progress: Optional[bool]) -> Tuple[torch.Tensor, Dict[str, Any]]:
@@ -119,13 +132,8 @@ def _execute_inner(model: nn.Module, plan: Plan, clean_ids: torch.Tensor, corrup
     rows = [plan.rows[i] for i in mine]
     T = clean_ids.shape[1]
     bs = batch_size or auto_batch_size(model, T, len(rows), memory_budget)
+    path = sweep_path(corrupted is not None, stack is not None, fast, reason, stacklevel=5)
     tick, close = progress_bar(len(rows), progress)
-    path = "fast" if corrupted is not None else "general"
-    if path == "general" and stack is not None:
-        warnings.warn(f"Sweep used the general batched path: {reason}.", FastPathFallbackWarning, stacklevel=4)
-    if path == "general" and fast:
-        close()
-        raise ConfigError(f"fast=True, but the fast path cannot run this sweep: {reason}. Use fast=None.")
     t_rows = time.perf_counter()
     try:
         if path == "fast":

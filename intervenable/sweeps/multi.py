@@ -11,16 +11,14 @@ each example's own metric. Every example's scores equal what ``execute`` gives f
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, FastPathFallbackWarning
 from ..hooks import HookSet
 from ..sites.site import Site
-from .execute import eval_no_grad
+from .execute import eval_no_grad, sweep_path
 from .fast import Corrupted, check_stack, classify, record_corrupted, walk_layers
 from .plans import Job, combine_samples
 from .runner import Values, auto_batch_size, capture, embedding_noise_hook, logits_kwargs, logits_of, write_hook
@@ -110,11 +108,7 @@ def _run_sample(model: nn.Module, jobs: Sequence[Job], noises: Sequence[Any], ba
                 corrupted, reason = None, why
         values = {"clean": clean_vals, "corrupted": corrupt_vals}  # [examples, T, ...] per site
         bs = batch_size or auto_batch_size(model, T, len(items), memory_budget)
-        path = "fast" if corrupted is not None else "general"
-        if path == "general" and stack is not None:
-            warnings.warn(f"Sweep used the general batched path: {reason}.", FastPathFallbackWarning, stacklevel=6)
-        if path == "general" and fast:
-            raise ConfigError(f"fast=True, but the fast path cannot run this sweep: {reason}. Use fast=None.")
+        path = sweep_path(corrupted is not None, stack is not None, fast, reason, stacklevel=7)
         fns = [j.fn for j in jobs]
         if path == "fast":
             scores, forwards = _fast(stack, kinds, corrupted, sites, items, values, fns, bs)
