@@ -91,10 +91,27 @@ def main(out: str) -> None:
     torch.set_num_threads(1)
     import intervenable  # noqa: F401  (imported once, before the forks)
 
-    steps: List[str] = []
-    _set_hook(steps.append)
-    run(os.path.join(out, "count"))
-    _set_hook(lambda step: None)
+    # The harness itself never runs cache_to_disk (whose writer is a background thread) or a forward: every
+    # run is a forked child of a process that has started no thread, so no child inherits a held lock.
+    import intervenable.cache.writer  # noqa: F401  (the code the children run, imported once here)
+
+    make_model()  # the model's modeling code too, so that a child starts writing as soon as a run would
+    counted = os.path.join(out, "count-steps.json")
+
+    def count() -> None:
+        steps: List[str] = []
+        _set_hook(steps.append)
+        run(os.path.join(out, "count"))
+        start = time.perf_counter()
+        _set_hook(lambda step: None)
+        run(os.path.join(out, "timing"))
+        with open(counted, "w") as handle:
+            json.dump({"steps": steps, "one_run": time.perf_counter() - start}, handle)
+
+    wait(child(count))
+    with open(counted) as handle:
+        counts = json.load(handle)
+    steps, one_run = counts["steps"], counts["one_run"]
     manifest: Dict[str, Any] = {"steps": steps, "stepwise": [], "random": []}
     for k in range(len(steps)):
         folder = os.path.join(out, f"step-{k:02d}")
@@ -103,9 +120,6 @@ def main(out: str) -> None:
         resumed = wait(child(lambda: run(folder)))
         manifest["stepwise"].append({"dir": folder, "step": steps[k], "status": status, "left": left,
                                      "resumed": resumed})
-    start = time.perf_counter()
-    run(os.path.join(out, "timing"))
-    one_run = time.perf_counter() - start
     rng = random.Random(0)
     for i in range(int(os.environ.get("KILLS", "6"))):
         folder = os.path.join(out, f"random-{i:02d}")
