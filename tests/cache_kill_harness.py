@@ -1,8 +1,8 @@
 """Kill ``cache_to_disk`` with SIGKILL after each of its steps and at random moments, then resume it.
 
 Run as ``python cache_kill_harness.py OUT``. Each scenario forks a child that caches ``DATA`` into
-its own folder and is killed (after step k of ``disk.after_step``, or after a random delay, several
-times in a row); after each kill the harness records the hash of every file under a shard's final
+its own folder and is killed (after step k of ``disk.after_step``, or at a random moment inside a random
+window of steps, three times in a row); after each kill the harness records the hash of every file under a shard's final
 name, then a fresh child resumes the run to completion. ``OUT/manifest.json`` lists each folder and
 what its kills left; tests/test_cache_disk.py compares them with an uninterrupted run.
 """
@@ -15,7 +15,7 @@ import random
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
@@ -59,25 +59,62 @@ def shard_hashes(folder: str) -> Dict[str, str]:
     return out
 
 
-def child(work: Callable[[], None], kill_after: int = -1, ready: Any = None) -> int:
+def child(work: Callable[[], None], kill_after: int = -1, report: int = -1, gate: Tuple[int, int] = (-1, -1)) -> int:
+    """Fork a child running ``work``: it kills itself after step ``kill_after``; with ``report`` it writes
+    one byte per step to that pipe; with ``gate`` = (step, fd) it stops after that step, blocked on a
+    read of ``fd``, so a kill from the parent lands between the reported step and the gate at the latest."""
     pid = os.fork()
     if pid == 0:
         try:
-            if ready is not None:
-                os.write(ready, b".")
-            if kill_after >= 0:
-                count = [0]
+            count = [0]
 
-                def hook(step: str) -> None:
-                    if count[0] == kill_after:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    count[0] += 1
+            def hook(step: str) -> None:
+                if count[0] == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                count[0] += 1
+                if report >= 0:
+                    os.write(report, b".")
+                if count[0] == gate[0]:
+                    os.read(gate[1], 1)
 
-                _set_hook(hook)
+            _set_hook(hook)
             work()
         finally:
             os._exit(0 if kill_after < 0 else 3)
     return pid
+
+
+def read_bytes(fd: int, n: int) -> int:
+    """Read up to ``n`` bytes from a pipe; fewer when the writer exits first. Returns how many came."""
+    got = 0
+    while got < n:
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+def killed_in_window(folder: str, start: int, width: int, delay: float) -> Dict[str, Any]:
+    """Run ``folder``'s cache in a child, wait until it reports step ``start``, then kill it after
+    ``delay`` seconds: a random moment inside the next ``width`` steps (mid-write included), and at the
+    gate after them at the latest. A child that finishes before ``start`` is not killed."""
+    report_r, report_w = os.pipe()
+    gate_r, gate_w = os.pipe()
+    pid = child(lambda: run(folder), report=report_w, gate=(start + width, gate_r))
+    os.close(report_w)
+    os.close(gate_r)
+    reached = read_bytes(report_r, start)
+    time.sleep(delay)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    status = wait(pid)
+    done = reached + read_bytes(report_r, 1 << 20)
+    os.close(report_r)
+    os.close(gate_w)
+    return {"status": status, "start": start, "steps_done": done, "left": shard_hashes(folder)}
 
 
 def wait(pid: int) -> str:
@@ -120,22 +157,23 @@ def main(out: str) -> None:
         resumed = wait(child(lambda: run(folder)))
         manifest["stepwise"].append({"dir": folder, "step": steps[k], "status": status, "left": left,
                                      "resumed": resumed})
+    # Random kills: each lands at a random moment inside a random window of steps. The window, not a
+    # delay from the start, anchors the moment, so a loaded machine (a slow start) cannot move every kill
+    # before the first write. The first kill of each scenario starts after the first shard is renamed and
+    # ends before the last one is, so it always leaves a part of the shards.
     rng = random.Random(0)
+    renames = [k for k, s in enumerate(steps) if s.startswith("renamed shard-")]
+    width = 3
+    step_s = one_run / len(steps)
     for i in range(int(os.environ.get("KILLS", "6"))):
         folder = os.path.join(out, f"random-{i:02d}")
         kills = []
-        for _ in range(3):  # three kills in a row at random moments, each resuming what the last left
-            read_end, write_end = os.pipe()
-            pid = child(lambda: run(folder), ready=write_end)
-            os.close(write_end)
-            os.read(read_end, 1)  # the child is running
-            os.close(read_end)
-            time.sleep(rng.uniform(0.0, 1.2 * one_run))
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            kills.append({"status": wait(pid), "left": shard_hashes(folder)})
+        for n in range(3):  # three kills in a row, each resuming what the last left
+            if n == 0:
+                start = rng.randrange(renames[0] + 1, renames[-1] - width + 1)
+            else:
+                start = rng.randrange(0, len(steps))
+            kills.append(killed_in_window(folder, start, width, rng.uniform(0.0, width * step_s)))
         resumed = wait(child(lambda: run(folder)))
         manifest["random"].append({"dir": folder, "kills": kills, "resumed": resumed})
     manifest["one_run_s"] = one_run
