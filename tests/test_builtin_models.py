@@ -199,7 +199,7 @@ def test_create_gpt2_fails_fast_offline(tmp_path, monkeypatch) -> None:
     start = time.time()
     with pytest.raises(InputError, match="HF_HUB_OFFLINE"):
         create_gpt2("no-such-org/no-such-model")
-    assert time.time() - start < 5
+    assert time.time() - start < 60  # no network retries (those run for minutes); loose for a loaded machine
     monkeypatch.delenv("HF_HUB_OFFLINE")
     import intervenable.models.hf as hf
 
