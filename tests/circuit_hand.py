@@ -4,7 +4,8 @@ Node outputs are read by hand (a head's output is its slice of the output projec
 its columns of the projection's weight, bias excluded; an MLP's output is the MLP module's output;
 ``input`` is what enters layer 0), and a receiver gets ``delta`` added to the stream it reads, its
 norm recomputed by hand, nothing else changed. LLaMA's heads are recomputed by hand (rotary, causal
-softmax) so that one query head can get its own keys or values under grouped-query attention.
+softmax) so that one query head can get its own keys or values under grouped-query attention; Gemma2's
+too (its norms, query scaling and soft-capping), with its post-sublayer norms read by hand.
 """
 from __future__ import annotations
 
@@ -118,15 +119,31 @@ class LlamaHand:
         self.m, self.base = model, model.model
         c = model.config
         self.d, self.H, self.KV = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
-        self.hd = self.d // self.H
+        self.hd = getattr(c, "head_dim", None) or self.d // self.H
+        self.scaling, self.softcap = self.hd ** -0.5, None
+
+    def norm(self, ln, x):
+        return _rms(ln, x)
+
+    def mlp_norm(self, layer):
+        return layer.post_attention_layernorm
+
+    def head_term(self, layer, l, z_h, h, seen):
+        """What head ``h``'s value mix ``z_h`` adds to the stream: its columns of the output projection."""
+        W = layer.self_attn.o_proj.weight  # Linear: [out, in]
+        return z_h @ W[:, h * self.hd:(h + 1) * self.hd].T
+
+    def record(self, layer, l, seen):
+        """Hooks reading what layer ``l``'s heads and MLP add (into ``seen``)."""
+        return [layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__(f"z{l}", a[0][0].detach())),
+                layer.mlp.register_forward_hook(lambda m, a, o: seen.__setitem__(f"m{l}", o[0].detach()))]
 
     def outputs(self, ids) -> Dict[str, torch.Tensor]:
         seen: Dict[str, torch.Tensor] = {}
         hooks = [self.base.layers[0].register_forward_pre_hook(
             lambda m, a, k: seen.__setitem__("input", _arg0(a, k)[0].detach()), with_kwargs=True)]
         for l, layer in enumerate(self.base.layers):
-            hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: seen.__setitem__(f"z{l}", a[0][0].detach())))
-            hooks.append(layer.mlp.register_forward_hook(lambda m, a, o, l=l: seen.__setitem__(f"m{l}", o[0].detach())))
+            hooks += self.record(layer, l, seen)
         with torch.no_grad():
             _run(self.m, ids, hooks)
             return self._split(seen)
@@ -134,11 +151,9 @@ class LlamaHand:
     def _split(self, seen: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         out = {"input": seen["input"]}
         for l, layer in enumerate(self.base.layers):
-            W = layer.self_attn.o_proj.weight  # Linear: [out, in]
-            z = seen.pop(f"z{l}")
+            z = seen[f"z{l}"]
             for h in range(self.H):
-                s = slice(h * self.hd, (h + 1) * self.hd)
-                out[f"a{l}.h{h}"] = z[:, s] @ W[:, s].T
+                out[f"a{l}.h{h}"] = self.head_term(layer, l, z[:, h * self.hd:(h + 1) * self.hd], h, seen)
             out[f"m{l}"] = seen[f"m{l}"]
         return out
 
@@ -149,11 +164,13 @@ class LlamaHand:
         rows = {"q": (attn.q_proj, h), "k": (attn.k_proj, g), "v": (attn.v_proj, g)}
         vec = {}
         for letter, (proj, i) in rows.items():
-            n = _rms(ln, x + deltas.get(letter, 0))
+            n = self.norm(ln, x + deltas.get(letter, 0))
             vec[letter] = n @ proj.weight[i * self.hd:(i + 1) * self.hd].T  # [T, hd]
         q, k = _rotate(vec["q"], cos, sin), _rotate(vec["k"], cos, sin)
         T = x.shape[0]
-        scores = q @ k.mT / self.hd ** 0.5
+        scores = q @ k.mT * self.scaling
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
         return scores.softmax(-1) @ vec["v"]
 
@@ -164,9 +181,9 @@ class LlamaHand:
             hooks.append(self.base.norm.register_forward_pre_hook(lambda m, a: (a[0] + delta,)))
         elif kind[0] == "mlp":
             layer = self.base.layers[kind[1]]
-            ln = layer.post_attention_layernorm
+            ln = self.mlp_norm(layer)
             hooks.append(ln.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0])))
-            hooks.append(layer.mlp.register_forward_pre_hook(lambda m, a: (_rms(ln, store["x"] + delta),)))
+            hooks.append(layer.mlp.register_forward_pre_hook(lambda m, a: (self.norm(ln, store["x"] + delta),)))
         else:
             _, l, h, letters = kind
             layer = self.base.layers[l]
@@ -185,3 +202,38 @@ class LlamaHand:
                 return (z,)
             hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
         return _run(self.m, ids, hooks)
+
+
+def _gemma_rms(norm, x):
+    return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + norm.eps)) * (1.0 + norm.weight.float())
+
+
+class Gemma2Hand(LlamaHand):
+    """Gemma2: ``(1 + w)`` RMSNorms, query scaling by ``query_pre_attn_scalar``, attention soft-capping,
+    the MLP read through ``pre_feedforward_layernorm``, and each sublayer's output normed before it is
+    added. A head's output is its projection term through ``post_attention_layernorm`` at the scale of
+    the whole attention output of that run (RMSNorm is linear at a fixed scale, so the heads' terms sum
+    to what the attention adds); an MLP's output is ``post_feedforward_layernorm``'s."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        c = model.config
+        self.scaling, self.softcap = c.query_pre_attn_scalar ** -0.5, c.attn_logit_softcapping
+
+    def norm(self, ln, x):
+        return _gemma_rms(ln, x)
+
+    def mlp_norm(self, layer):
+        return layer.pre_feedforward_layernorm
+
+    def head_term(self, layer, l, z_h, h, seen):
+        post, whole = layer.post_attention_layernorm, seen[f"A{l}"]
+        scale = torch.rsqrt(whole.float().pow(2).mean(-1, keepdim=True) + post.eps)
+        return super().head_term(layer, l, z_h, h, seen) * scale * (1.0 + post.weight)
+
+    def record(self, layer, l, seen):
+        return [layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__(f"z{l}", a[0][0].detach())),
+                layer.post_attention_layernorm.register_forward_pre_hook(
+                    lambda m, a: seen.__setitem__(f"A{l}", a[0][0].detach())),
+                layer.post_feedforward_layernorm.register_forward_hook(
+                    lambda m, a, o: seen.__setitem__(f"m{l}", o[0].detach()))]

@@ -232,12 +232,37 @@ def test_grouped_query_heads_split_by_their_own_count() -> None:
         pv.run_with_cache(model, IDS, components=["head_key_output"], heads=[3])
 
 
-def test_heads_refused_where_the_attention_output_is_normed() -> None:
+def test_gemma2_heads_share_the_normed_attention_write_and_sum_to_the_logit() -> None:
+    """Gemma2 norms the attention output before adding it: a head's share is its output-projection term
+    through post_attention_layernorm at the whole output's scale (by hand below); the shares sum to what
+    the attention writes, and the per-head attributions to the logit difference."""
     model = family("gemma2")
+    with torch.no_grad():  # non-trivial post-norm weights
+        for layer in model.model.layers:
+            layer.post_attention_layernorm.weight.normal_(generator=torch.Generator().manual_seed(4))
+    _, seen = plain_hooks(model, "gemma2", IDS)
     _, cache = pv.run_with_cache(model, IDS, components=["block_input", "block_output", "attention_residual",
                                                          "mlp_residual", "head_attention_value_output"])
-    with pytest.raises(ComponentError, match="heads=False"):
-        cache.logit_attrs(5, heads=True)
+    attrs, labels = cache.logit_attrs(5, 7, heads=True, return_labels=True)
+    raw = hand_readout(model, "gemma2", seen[("out", 2)], cap=False)[:, -1]
+    assert (attrs.sum(0) - (raw[:, 5] - raw[:, 7])).abs().max() <= 1e-4
+    layer = model.model.layers[1]
+    post, W = layer.post_attention_layernorm, layer.self_attn.o_proj.weight.detach()
+    z = seen[("z", 1)]
+    hd = model.config.head_dim
+    whole = z @ W.T
+    scale = torch.rsqrt(whole.pow(2).mean(-1, keepdim=True) + post.eps)
+    share = (z[..., 2 * hd:3 * hd] @ W[:, 2 * hd:3 * hd].T) * scale * (1 + post.weight.detach())
+    final = model.model.norm
+    x = seen[("out", 2)][:, -1]
+    fscale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + final.eps)
+    U = model.get_output_embeddings().weight.detach()
+    want = ((share[:, -1] * fscale * (1 + final.weight.detach())) * (U[5] - U[7])).sum(-1)
+    assert torch.allclose(attrs[labels.index("L1H2")], want, atol=1e-5)
+    whole_attrs, whole_labels = cache.logit_attrs(5, 7, return_labels=True)  # each attention write as one part
+    shares = sum(attrs[labels.index(f"L1H{h}")] for h in range(model.config.num_attention_heads))
+    assert torch.allclose(shares + attrs[labels.index("1_attn_bias")], whole_attrs[whole_labels.index("1_attn_out")],
+                          atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])

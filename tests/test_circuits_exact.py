@@ -5,8 +5,8 @@ Ground truth (tests/circuit_hand.py): plain torch hooks on the transformers modu
 nothing else changes; the score is the metric's change. EAP's estimate is ``(u_source - u_base) .
 dmetric/d(input of v)`` with the gradient taken by autograd through the same hand-written patch
 (``delta`` a zero leaf). Every edge of 2-layer GPT-2, LLaMA (grouped-query attention: 4 query heads,
-2 key/value heads, so a key edge changes one query head's keys only) and GPT-NeoX (parallel
-residual) models is checked, q / k / v receivers separately (``qkv=True``) and together.
+2 key/value heads, so a key edge changes one query head's keys only), Gemma2 (the same, with its
+post-sublayer norms) and GPT-NeoX (parallel residual) models is checked, q / k / v receivers separately (``qkv=True``) and together.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers as T
 
-from circuit_hand import Gpt2Hand, LlamaHand
+from circuit_hand import Gemma2Hand, Gpt2Hand, LlamaHand
 from intervenable.circuits import edge_attribution_patching
 from intervenable.hooks import HookSet
 
@@ -40,6 +40,20 @@ def _llama(kv: int = 2):
     return T.LlamaForCausalLM(cfg).eval(), LlamaHand
 
 
+def _gemma2():
+    torch.manual_seed(0)
+    cfg = T.Gemma2Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=2,
+                         intermediate_size=64, vocab_size=50, initializer_range=0.2, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2, query_pre_attn_scalar=16, attn_logit_softcapping=5.0)
+    cfg._attn_implementation = "eager"
+    model = T.Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # non-trivial norm weights, so that the post-sublayer norms' scales matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.5)
+    return model, Gemma2Hand
+
+
 def _metric(logits: torch.Tensor) -> float:
     return float(logits[0, TARGET] - logits[0, FOIL])
 
@@ -56,7 +70,7 @@ def _hand_exact(model, hand, edges):
     return out
 
 
-@pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama_gqa"])
+@pytest.mark.parametrize("build", [_gpt2, _llama, _gemma2], ids=["gpt2", "llama_gqa", "gemma2_gqa"])
 @pytest.mark.parametrize("qkv", [True, False])
 def test_exact_edge_scores_equal_hand_written_patches(build, qkv):
     model, Hand = build()
@@ -77,10 +91,12 @@ def test_exact_edge_scores_equal_hand_written_patches(build, qkv):
     assert not any(len(h) for h in [model._forward_hooks, model._forward_pre_hooks])
 
 
-def test_llama_hand_written_heads_match_the_model():
-    """The hand-written attention of one query head (rotary, causal softmax) is the model's own."""
-    model, _ = _llama()
-    hand = LlamaHand(model)
+@pytest.mark.parametrize("build", [_llama, _gemma2], ids=["llama_gqa", "gemma2_gqa"])
+def test_hand_written_heads_match_the_model(build):
+    """The hand-written attention of one query head (rotary, causal softmax; Gemma2's scaling and
+    soft-capping) is the model's own."""
+    model, Hand = build()
+    hand = Hand(model)
     check = []
     with torch.no_grad():
         hand.patched(BASE, "a1.h3<k>", torch.zeros(1, BASE.shape[1], 32), check=check)
@@ -121,7 +137,8 @@ def test_parallel_residual_mlp_reads_only_earlier_layers():
     assert abs(scores["m0->m1"] - (patched - base)) < 2e-5
 
 
-@pytest.mark.parametrize("build", [_gpt2, lambda: _llama(kv=4), _llama], ids=["gpt2", "llama", "llama_gqa"])
+@pytest.mark.parametrize("build", [_gpt2, lambda: _llama(kv=4), _llama, _gemma2],
+                         ids=["gpt2", "llama", "llama_gqa", "gemma2_gqa"])
 def test_eap_equals_the_first_order_estimate(build):
     model, Hand = build()
     hand = Hand(model)

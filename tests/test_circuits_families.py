@@ -20,7 +20,7 @@ from test_fast_families import CLEAN, CORRUPT, FAMILIES, TARGET
 
 torch.set_num_threads(1)
 
-EDGE_FAMILIES = ["gpt2", "llama", "llama_sdpa", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "olmo", "gpt_oss",
+EDGE_FAMILIES = ["gpt2", "llama", "llama_sdpa", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "gpt_oss",
                  "phi", "gpt_neox", "gpt_neox_serial", "gpt_neo", "gptj"]
 
 

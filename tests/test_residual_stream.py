@@ -146,3 +146,45 @@ def test_grouped_query_and_post_norm_descriptions(family: str) -> None:
         owner, name = lr.kv_groups
         assert getattr(owner, name) == heads // kv
         assert any(m is lr.out_proj for m in owner.modules())  # the attention module of this layer
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+def test_sublayer_norm_arithmetic_is_the_module_and_heads_share_the_attention_write(family: str) -> None:
+    """The described post-sublayer norms recompute their modules; each head's output-projection term
+    through the attention norm's frozen scale (of the whole attention output) sums to what the attention
+    writes; the MLP's own input is the pre-MLP norm's output."""
+    model, _ = FAMILIES[family]()
+    stream = residual_stream(model)
+    lr = stream.layers[1]
+    with torch.no_grad():
+        for module in (lr.attention.module, lr.mlp.module):
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    stream = residual_stream(model)  # re-read the parameters
+    lr = stream.layers[1]
+    seen: Dict[str, torch.Tensor] = {}
+    hooks = [lr.heads.module.register_forward_pre_hook(lambda m, a: seen.__setitem__("z", a[0].detach())),
+             lr.attention.module.register_forward_hook(lambda m, a, o: seen.__setitem__("A", _main(o).detach())),
+             lr.attention.module.register_forward_pre_hook(lambda m, a: seen.__setitem__("raw", a[0].detach())),
+             lr.mlp.module.register_forward_hook(lambda m, a, o: seen.__setitem__("M", _main(o).detach())),
+             lr.mlp.module.register_forward_pre_hook(lambda m, a: seen.__setitem__("mraw", a[0].detach())),
+             lr.mlp_input.module.register_forward_pre_hook(lambda m, a: seen.__setitem__("min", a[0].detach()))]
+    if lr.mlp_norm is not None:
+        hooks.append(lr.mlp_norm.register_forward_hook(lambda m, a, o: seen.__setitem__("nout", o.detach())))
+    try:
+        with torch.no_grad():
+            model(input_ids=CLEAN)
+    finally:
+        for h in hooks:
+            h.remove()
+    post = lr.attention_post
+    assert torch.allclose(post(seen["raw"]), seen["A"], atol=1e-5)
+    assert torch.allclose(lr.mlp_post(seen["mraw"]), seen["M"], atol=1e-5)
+    if lr.mlp_norm is not None:
+        assert torch.equal(seen["min"], seen["nout"])
+    H = lr.heads.n_heads
+    W = lr.out_proj.weight  # Linear [out, in], no bias
+    z = seen["z"].view(*seen["z"].shape[:-1], H, -1)
+    terms = [z[..., h, :] @ W[:, h * z.shape[-1]:(h + 1) * z.shape[-1]].T for h in range(H)]
+    scale = post.scale(seen["raw"])
+    assert torch.allclose(sum(post.frozen(t, scale) for t in terms), seen["A"], atol=1e-5)

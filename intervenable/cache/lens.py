@@ -248,15 +248,24 @@ def _split_heads(cache: CacheView, stream: ResidualStream, parts: torch.Tensor,
     out, names = [parts[0]], [labels[0]]
     for l, lr in enumerate(stream.layers):
         plain = resolve_component(model, "attention_output", l)
-        if (plain.module_path, plain.hook) != (lr.attention.module_path, lr.attention.hook):
+        if lr.attention_post is None and (plain.module_path, plain.hook) != (lr.attention.module_path, lr.attention.hook):
             raise ComponentError(
-                f"The {stream.family!r} family norms the attention output before adding it to the stream, so its "
-                "heads do not sum to what the attention writes: use logit_attrs(heads=False) there.")
+                f"The {stream.family!r} family's attention writes something other than its output projection's "
+                "output and its description gives no norm arithmetic (Residual.sublayer_norm) to split it by head: "
+                "use logit_attrs(heads=False) there.")
         res = head_results(cache, l)  # [b, s, H, d]
         _, bias = linear_weight(lr.out_proj, res.shape[2] * _need(cache, "head_attention_value_output", l,
                                                                     "logit_attrs(heads=True)").shape[-1])
+        bias = bias.to(res.device).expand_as(res[:, :, 0])
+        post = lr.attention_post
+        if post is not None:
+            # the attention's output is normed before it is added (Gemma2): each head's share is its term
+            # through the norm at the scale of the whole output, the bias (and the norm's shift) the rest
+            scale = post.scale(res.sum(2) + bias)
+            res = post.frozen(res, scale.unsqueeze(2))
+            bias = post.frozen(bias, scale) + (post.bias.to(res.device) if post.bias is not None else 0.0)
         out += list(res.permute(2, 0, 1, 3))
-        out.append(bias.to(res.device).expand_as(res[:, :, 0]))
+        out.append(bias)
         names += [f"L{l}H{h}" for h in range(res.shape[2])] + [f"{l}_attn_bias"]
         out.append(parts[2 + 2 * l])
         names.append(labels[2 + 2 * l])

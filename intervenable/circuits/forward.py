@@ -17,7 +17,9 @@ model's forward exactly. Hook points, all from the family's residual description
 * ``logits``: the input of the final norm;
 * a head's output: its slice of the output projection's input through the projection, minus the
   projection's bias (which belongs to no head: it is a constant of the stream, the same in every
-  run, never patched or ablated); an MLP's output: the MLP module's output.
+  run, never patched or ablated); where the family norms the attention's output before adding it
+  (Gemma2), that term through the norm at the scale of the whole attention output of the same row;
+  an MLP's output: what the MLP adds to the stream (after its output norm, if any).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from torch import nn
 from ..engine import read_input, write_input
 from ..errors import ComponentError
 from ..hooks import HookSet
+from ..sites.residual import NormArithmetic
 from ..sites.resolve import resolve_component
 from ..sites.site import Site, extract, replace as replace_value
 from ..sweeps.runner import logits_kwargs, logits_of
@@ -48,6 +51,8 @@ class LayerWiring:
     qkv: Tuple[Tuple[nn.Module, Tuple[Tuple[str, Site], ...]], ...]  # projection module -> its (letter, site)s
     kv_groups: Optional[Tuple[nn.Module, str]]
     group: int  # query heads per key/value head (1: no grouping)
+    attn_post: Optional[NormArithmetic] = None  # the norm on the attention's output (Gemma2), as arithmetic
+    attn_write: Optional[nn.Module] = None  # that norm's module (its input: the whole attention output)
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,9 @@ def wire(model: nn.Module, layout: GraphLayout) -> Wiring:
         for letter, site in sites.items():
             by_module.setdefault(id(site.module), (site.module, []))[1].append((letter, site))
         layers.append(LayerWiring(
-            lr.layer, lr.attention_norm, lr.mlp_norm, replace(lr.mlp, hook="input", component="mlp_input"), lr.mlp,
-            lr.heads, lr.out_proj, tuple((m, tuple(items)) for m, items in by_module.values()), lr.kv_groups, group))
+            lr.layer, lr.attention_norm, lr.mlp_norm, lr.mlp_input, lr.mlp, lr.heads, lr.out_proj,
+            tuple((m, tuple(items)) for m, items in by_module.values()), lr.kv_groups, group,
+            lr.attention_post, lr.attention.module if lr.attention_post is not None else None))
     ro = stream.readout
     final = ro.final[0] if ro.final else ro.head[0]
     return Wiring(layout, tuple(layers), stream.layers[0].stream, final)
@@ -171,6 +177,7 @@ class EdgeRun:
         self._xa: Dict[int, torch.Tensor] = {}
         self._xm: Dict[int, torch.Tensor] = {}
         self._split: Dict[int, Any] = {}
+        self._heads: Dict[int, torch.Tensor] = {}  # heads' projection terms awaiting the attention norm's scale
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _node(self, first: int, cur: torch.Tensor) -> None:
@@ -288,7 +295,22 @@ class EdgeRun:
             with torch.no_grad():
                 J = linear_part(lw.out_proj, self.w.linear, W, z)[0].view(H, W // H, -1)  # [H, hd, d]
                 outs = torch.einsum("bthc,hcd->bthd", z.view(R, T, H, W // H), J)
-            self._node(self.lay.head_node(lw.layer, 0), outs)
+            if lw.attn_post is None:
+                self._node(self.lay.head_node(lw.layer, 0), outs)
+            else:
+                self._heads[lw.layer] = outs
+            return None
+        return pre
+
+    def _attn_post_hook(self, lw: LayerWiring):
+        """A head's output where the attention's output is normed before it is added: its projection term
+        through the norm at the scale of the whole attention output (the heads' shares sum to the write)."""
+        def pre(module, args, kwargs):
+            outs = self._heads.pop(lw.layer, None)
+            if outs is not None:
+                whole = (args[0] if args else next(iter(kwargs.values()))).detach()
+                scale = lw.attn_post.scale(whole).unsqueeze(2)  # [R, T, 1, 1]
+                self._node(self.lay.head_node(lw.layer, 0), lw.attn_post.frozen(outs, scale).to(outs.dtype))
             return None
         return pre
 
@@ -330,6 +352,8 @@ class EdgeRun:
                     for module, letter_sites in lw.qkv:
                         hooks.add(module, "output", self._projection_hook(lw, module, letter_sites))
                     hooks.add(lw.out_proj, "input", self._heads_out_hook(lw))
+                    if lw.attn_write is not None:
+                        hooks.add(lw.attn_write, "input", self._attn_post_hook(lw))
                     hooks.add(lw.mlp_in.module, "input", self._mlp_in_hook(lw))
                     hooks.add(lw.mlp_out.module, "output", self._mlp_out_hook(lw))
                 hooks.add(self.w.final, "input", self._logits_hook)

@@ -148,21 +148,26 @@ class GraphLayout:
 
 
 def describe(model: nn.Module) -> ResidualStream:
-    """The model's residual stream, refused with a clear error when its heads' outputs do not add up."""
+    """The model's residual stream, refused with a clear error when its heads' outputs do not add up.
+
+    Where the family norms the attention's output before adding it (Gemma2), a head's output is its
+    share of that write: its output-projection term through the norm with the scale of the whole
+    attention output in the same run (linear at that scale), so the heads' shares sum to the write."""
     stream = residual_stream(model)  # ComponentError naming what to add for undescribed families
-    if stream.sublayer_norms:
-        raise ComponentError(
-            f"The {stream.family!r} family norms each sublayer's output before adding it to the residual stream "
-            "(Gemma2 / OLMo2 post-norms), so a head's contribution is not its output-projection term and the "
-            "stream is not a sum of per-head writers: edge circuits are not defined for it here. Use node-level "
-            "attribution (pv.attribution_patching) on this model instead.")
     for lr in stream.layers:
         if lr.attention_norm is None or lr.mlp_norm is None:
             raise ComponentError(f"The {stream.family!r} residual description names no norm before layer "
-                                 f"{lr.layer}'s attention or MLP; circuits need both (Residual.attention_norm / mlp_norm).")
+                                 f"{lr.layer}'s attention or MLP; circuits need both (Residual.attention_norm / "
+                                 "mlp_norm), since a receiver's changed input is read through its norm.")
         if lr.heads.slice is not None or lr.heads.n_heads is None:
             raise ComponentError(f"The {stream.family!r} family's head_attention_value_output is not a plain "
                                  "per-head split of the output projection's input; circuits need one.")
+        bias = getattr(lr.out_proj, "bias", None)
+        if lr.attention_post is not None and isinstance(bias, torch.Tensor) and bool(bias.detach().ne(0).any()):
+            raise ComponentError(
+                f"The {stream.family!r} family norms the attention output before adding it, and layer {lr.layer}'s "
+                "output projection has a bias: through the norm's scale, which differs from run to run, the bias "
+                "is not a constant of the stream, so the heads' shares do not decompose it.")
     return stream
 
 

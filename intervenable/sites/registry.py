@@ -65,8 +65,11 @@ them). ``attention_norm`` / ``mlp_norm`` name the norm between the stream and ea
 the sublayer reads the stream itself, as OLMo2's do). The attention output projection is the module of
 the family's ``head_attention_value_output`` (its input: the heads' value mixes, concatenated).
 ``unsupported(config)`` gives the reason when a variant does not decompose (post-norm OPT).
-``sublayer_norms`` marks families whose sublayer outputs are normed before they are added (per-head
-contributions are then not additive); ``kv_groups`` names the attention module's attribute that holds
+``sublayer_norm`` (a ``Norm``) is the arithmetic of the norms that Gemma2 and OLMo2 put on each
+sublayer's output before adding it: then ``A`` / ``M`` are those norms' outputs (the modules of
+``Residual.attention`` / ``Residual.mlp``), the MLP's own input is the family's ``mlp_input``, and a
+head's share of ``A`` is its output-projection term through the attention's norm with the scale of
+the whole attention output (frozen: linear, so the shares add up to ``A``); ``kv_groups`` names the attention module's attribute that holds
 the query heads per key/value head (``layers.{layer}.self_attn.num_key_value_groups``), which circuits
 set to 1 while they give each query head its own keys and values (ungrouped grouped-query attention).
 
@@ -130,7 +133,7 @@ def _never(config: Any) -> bool:
 
 @dataclass(frozen=True)
 class Norm:
-    """A final norm's arithmetic (see the module docstring): LayerNorm (``centred``) or RMSNorm."""
+    """A norm's arithmetic (see the module docstring): LayerNorm (``centred``) or RMSNorm."""
 
     centred: bool = True  # LayerNorm subtracts the mean first; RMSNorm does not
     eps: Any = "eps"  # the module attribute holding epsilon, or the value itself (a number)
@@ -149,9 +152,9 @@ class Residual:
     mlp_norm: str = ""  # path template of the norm between the stream and the MLP ("": none)
     parallel: Callable[[Any], bool] = _never
     unsupported: Optional[Callable[[Any], str]] = None
-    #: the sublayers' outputs pass through a norm before they are added (Gemma2, OLMo2), so the
-    #: attention's addition is not the sum of its heads' output-projection terms
-    sublayer_norms: bool = False
+    #: the arithmetic of the norm each sublayer's output passes before it is added (Gemma2, OLMo2; the
+    #: modules of ``attention`` / ``mlp``); None: the outputs are added as they are
+    sublayer_norm: Optional[Norm] = None
     #: path template of the attention module's attribute holding the query heads per key/value head
     #: (grouped-query attention): circuits set it to 1 while they feed one key/value per query head
     kv_groups: str = ""

@@ -8,7 +8,7 @@ and readers). Nothing here knows a family by name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 import torch
@@ -65,6 +65,13 @@ class LayerResidual:
     #: (attention module, attribute) holding the query heads per key/value head (grouped-query
     #: attention, from ``Residual.kv_groups``); None when the family describes none
     kv_groups: Optional[Tuple[nn.Module, str]] = None
+    #: the MLP module's own input (what the MLP norm feeds it); ``mlp`` with hook "input" unless the
+    #: family norms the MLP's output (then ``mlp`` is that norm's output)
+    mlp_input: Optional[Site] = None
+    #: the norms on the attention's / MLP's output before they are added (Gemma2, OLMo2; modules of
+    #: ``attention`` / ``mlp``), as arithmetic; None: added as they are
+    attention_post: Optional["NormArithmetic"] = None
+    mlp_post: Optional["NormArithmetic"] = None
 
 
 @dataclass(frozen=True)
@@ -75,17 +82,22 @@ class ResidualStream:
     layers: Tuple[LayerResidual, ...]
     parallel: bool
     readout: Readout
-    #: the sublayers' outputs are normed before they are added (Gemma2, OLMo2): not a sum of per-head terms
-    sublayer_norms: bool = False
+
+    @property
+    def sublayer_norms(self) -> bool:
+        """The sublayers' outputs are normed before they are added (Gemma2, OLMo2)."""
+        return any(lr.attention_post is not None for lr in self.layers)
 
 
 @dataclass(frozen=True)
-class FinalNorm:
-    """The final norm as arithmetic (its family's ``Norm`` with the module's parameters), in float32.
+class NormArithmetic:
+    """A norm as arithmetic (its family's ``Norm`` with the module's parameters), in float32.
 
     ``normed(x) = frozen(x, scale(x)) + bias``: ``scale(x)`` is the per-position factor
     ``1 / sqrt(mean(P(x)^2) + eps)`` and ``frozen(c, s) = weight * P(c) * s`` is linear in ``c``, so a
-    sum of components read through one frozen scale gives the normed sum minus the bias.
+    sum of components read through one frozen scale gives the normed sum minus the bias. The final
+    norm (direct logit attribution) and Gemma2's sublayer norms (a head's share of the attention's
+    write) are read this way.
     """
 
     centred: bool
@@ -103,12 +115,31 @@ class FinalNorm:
 
     def frozen(self, c: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """``c`` through the norm with its scale fixed at ``scale`` (no bias): linear in ``c``."""
-        out = self.center(c) * scale.to(torch.float32)
+        out = self.center(c) * scale.to(device=c.device, dtype=torch.float32)
         return out * self.weight.to(out.device) if self.weight is not None else out
 
     def __call__(self, resid: torch.Tensor) -> torch.Tensor:
         out = self.frozen(resid, self.scale(resid))
         return out + self.bias.to(out.device) if self.bias is not None else out
+
+
+def norm_arithmetic(family: str, module: nn.Module, spec: Norm, what: str) -> NormArithmetic:
+    """``module`` read as ``spec`` says (``ComponentError`` naming ``what`` when a parameter is missing)."""
+
+    def param(name: str) -> Optional[torch.Tensor]:
+        value = getattr(module, name, None) if name else None
+        if name and value is not None and not isinstance(value, torch.Tensor):
+            raise ComponentError(f"The {family!r} {what}'s {name!r} is not a tensor.")
+        return None if value is None else value.detach().float()
+
+    eps = spec.eps if isinstance(spec.eps, (int, float)) else getattr(module, spec.eps, None)
+    if not isinstance(eps, (int, float)):
+        raise ComponentError(f"The {family!r} {what} ({type(module).__name__}) has no epsilon attribute "
+                             f"{spec.eps!r}: fix its Norm(eps=...) in the family file.")
+    weight = param(spec.weight)
+    if spec.offset:
+        weight = spec.offset + (weight if weight is not None else 0.0)
+    return NormArithmetic(spec.centred, float(eps), weight, param(spec.bias))
 
 
 def _describe(model: nn.Module) -> Tuple[Architecture, LayerStack]:
@@ -186,18 +217,25 @@ def residual_stream(model: nn.Module) -> ResidualStream:
             return module, name
 
         heads = site("head_attention_value_output")
+        attention, mlp = site("attention_residual"), site("mlp_residual")
+        post = res.sublayer_norm
+
+        def post_norm(written: Site, what: str) -> Optional[NormArithmetic]:
+            return None if post is None else norm_arithmetic(arch.name, written.module, post, what)
+
         layers.append(LayerResidual(
             layer=layer, stream=site("block_input"), output=site("block_output"),
-            attention=site("attention_residual"), mlp=site("mlp_residual"),
-            heads=heads, out_proj=heads.module,
+            attention=attention, mlp=mlp, heads=heads, out_proj=heads.module,
             attention_norm=norm(res.attention_norm), mlp_norm=norm(res.mlp_norm),
             kv_groups=attribute(res.kv_groups),
+            mlp_input=replace(mlp, hook="input", component="mlp_input") if post is None else site("mlp_input"),
+            attention_post=post_norm(attention, f"layer {layer} attention output norm"),
+            mlp_post=post_norm(mlp, f"layer {layer} MLP output norm"),
         ))
-    return ResidualStream(arch.name, tuple(layers), bool(res.parallel(config)), readout(model),
-                          sublayer_norms=bool(res.sublayer_norms))
+    return ResidualStream(arch.name, tuple(layers), bool(res.parallel(config)), readout(model))
 
 
-def final_norm(model: nn.Module) -> FinalNorm:
+def final_norm(model: nn.Module) -> NormArithmetic:
     """The final norm's arithmetic from its family's ``Residual.final_norm`` (``ComponentError`` when undescribed)."""
     arch, desc = _describe(model)
     spec: Optional[Norm] = desc.residual.final_norm if desc.residual is not None else None
@@ -206,19 +244,4 @@ def final_norm(model: nn.Module) -> FinalNorm:
         raise ComponentError(
             f"The {arch.name!r} family's final norm is not described as arithmetic, so its scale cannot be "
             "frozen. Add final_norm=Norm(...) to its Residual (contract in intervenable/sites/registry.py).")
-    module = modules[0]
-
-    def param(name: str) -> Optional[torch.Tensor]:
-        value = getattr(module, name, None) if name else None
-        if name and value is not None and not isinstance(value, torch.Tensor):
-            raise ComponentError(f"The {arch.name!r} final norm's {name!r} is not a tensor.")
-        return None if value is None else value.detach().float()
-
-    eps = spec.eps if isinstance(spec.eps, (int, float)) else getattr(module, spec.eps, None)
-    if not isinstance(eps, (int, float)):
-        raise ComponentError(f"The {arch.name!r} final norm ({type(module).__name__}) has no epsilon "
-                             f"attribute {spec.eps!r}: fix final_norm=Norm(eps=...) in its family file.")
-    weight = param(spec.weight)
-    if spec.offset:
-        weight = spec.offset + (weight if weight is not None else 0.0)
-    return FinalNorm(spec.centred, float(eps), weight, param(spec.bias))
+    return norm_arithmetic(arch.name, modules[0], spec, "final norm")

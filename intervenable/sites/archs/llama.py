@@ -57,11 +57,11 @@ GEMMA2_STACK = replace(LLAMA_STACK, residual=Residual(
     attention=out("layers.{layer}.post_attention_layernorm", hidden_size),
     mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size),
     attention_norm="layers.{layer}.input_layernorm", mlp_norm="layers.{layer}.pre_feedforward_layernorm",
-    sublayer_norms=True, kv_groups="layers.{layer}.self_attn.num_key_value_groups", final_norm=GEMMA_RMS))
+    sublayer_norm=GEMMA_RMS, kv_groups="layers.{layer}.self_attn.num_key_value_groups", final_norm=GEMMA_RMS))
 #: OLMo2 reads the stream itself and norms each sublayer's output before adding it.
 OLMO2_STACK = replace(LLAMA_STACK, residual=Residual(
     attention=out("layers.{layer}.post_attention_layernorm", hidden_size),
-    mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size), sublayer_norms=True,
+    mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size), sublayer_norm=RMS,
     kv_groups="layers.{layer}.self_attn.num_key_value_groups", final_norm=RMS))
 GEMMA_STACK = replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, final_norm=GEMMA_RMS))
 OLMO_STACK = replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, final_norm=OLMO_LN))
