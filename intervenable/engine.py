@@ -38,6 +38,9 @@ class Slot:
     representation: RepresentationConfig
     caps: Capabilities = field(default_factory=Capabilities)
     as_adaptor: bool = False  # pass the module's inputs as ``args=`` / ``kwargs=`` (the reference's as_adaptor)
+    #: where a ``uses_module_input`` intervention reads its input when not the hooked module's own
+    #: (``Intervention.input_site``, asked once at placement); kept per call by ``input_keeper``
+    input_site: Optional[Site] = None
 
     @property
     def head_view(self) -> bool:
@@ -99,6 +102,7 @@ class CallState:
     step_counters: Dict[str, int] = field(default_factory=dict)
     step_buffers: Dict[str, Any] = field(default_factory=dict)  # key -> (values, filled mask)
     step_values: Dict[str, Any] = field(default_factory=dict)
+    module_inputs: Dict[str, torch.Tensor] = field(default_factory=dict)  # slot key -> its input_site's input
 
 
 # -- reading and writing the hooked value --------------------------------------
@@ -160,10 +164,34 @@ def rewrite_hook(site: Site, apply: Callable[[torch.Tensor], torch.Tensor]) -> C
     return post
 
 
-def _module_input_units(slot: Slot, args: tuple, kwargs: dict, units: Units) -> torch.Tensor:
-    """The module's own input at the same units (for skip interventions)."""
-    view = slot.site.to_view(read_input(slot.site, args, kwargs))
-    return gather(view, resolve_units(units, view, slot.head_view, slot.where()), slot.head_view)
+def _module_input_units(slot: Slot, args: tuple, kwargs: dict, units: Units, state: CallState) -> torch.Tensor:
+    """The module's own input at the same units (skip interventions), or its ``input_site``'s input of this call."""
+    if slot.input_site is None:
+        view = slot.site.to_view(read_input(slot.site, args, kwargs))
+        return gather(view, resolve_units(units, view, slot.head_view, slot.where()), slot.head_view)
+    if slot.key not in state.module_inputs:
+        raise ShapeError(f"{slot.where()} reads the input of {slot.input_site.describe()}, which did not run before "
+                         "it in this forward.")
+    site = slot.input_site
+    view = site.to_view(state.module_inputs[slot.key])
+    return gather(view, resolve_units(units, view, site.has_heads, slot.where()), site.has_heads)
+
+
+def add_setter(hooks: Any, slot: Slot, hook: Callable[..., Any], state: CallState) -> None:
+    """Register ``slot``'s setter first on its site (and, with an ``input_site``, the keeper of that input)."""
+    if slot.input_site is not None:
+        hooks.add(slot.input_site.module, "input", input_keeper(slot, state))
+    hooks.add(slot.site.module, slot.site.hook, hook, first=True)
+
+
+def input_keeper(slot: Slot, state: CallState) -> Callable[..., None]:
+    """A pre-hook on ``slot.input_site``'s module keeping its input of the current call for the slot's setter."""
+    site = slot.input_site
+
+    def pre_hook(module, args, kwargs):
+        state.module_inputs[slot.key] = read_input(site, args, kwargs)
+        return None
+    return pre_hook
 
 
 # -- flattening units for interventions that want one vector per row -----------
@@ -309,7 +337,7 @@ def setter(
         base_units = gather(view, resolved, slot.head_view)
         if slot.caps.uses_module_input:
             # the module's own input (skip, LoRA): its width may differ from the output's
-            src = _module_input_units(slot, args, kwargs, call_units).to(base_units.device)
+            src = _module_input_units(slot, args, kwargs, call_units, state).to(base_units.device)
         elif isinstance(src, torch.Tensor):
             src = _match_source(slot, src, base_units)
         call_kwargs = extra_kwargs

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .config import IntervenableConfig, RepresentationConfig, as_config
-from .engine import CallPlan, CallState, Slot, getter, setter
+from .engine import CallPlan, CallState, Slot, add_setter, getter, setter
 from .errors import ConfigError, InputError, SourceCountError, warn_user
 from .hooks import HookSet
 from .inputs import SharedSource, batch_size, call_model, last_real_positions, repeat_rows
@@ -88,6 +88,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
             if self.use_fast and hasattr(intervention, "use_fast"):
                 intervention.use_fast = True
             slot = Slot(key, i, site, rep.unit, intervention, rep, Capabilities.of(intervention), self.as_adaptor)
+            if slot.caps.uses_module_input and isinstance(intervention, Intervention):
+                slot.input_site = intervention.input_site(model, site)
             self._warn_head_pos(rep, site, slot)
             if not site.writable and not slot.is_collect:
                 raise ConfigError(
@@ -425,7 +427,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                             skipped.append(slot.key)  # no source at all: a run without it, with a warning
                         continue  # this group's source is None on purpose: skip it silently
                     raise self._missing_source(slot)
-                hooks.add(slot.site.module, slot.site.hook, setter(slot, locations[i].base, state, src, plan.subspaces[i], plan.extra, plan.generation), first=True)
+                add_setter(hooks, slot, setter(slot, locations[i].base, state, src, plan.subspaces[i], plan.extra,
+                                               plan.generation), state)
         self._warn_skipped(skipped)
 
     def _warn_skipped(self, keys: List[str]) -> None:
@@ -463,7 +466,8 @@ class IntervenableModel(SerializationMixin, ParameterMixin, nn.Module):
                     src = self._source_for(slot, state, provided, slot.key)
                     if src is None and slot.needs_source:
                         raise self._missing_source(slot)
-                    active.add(slot.site.module, slot.site.hook, setter(slot, locations[g][j].base, state, src, plan.subspaces[i], plan.extra, plan.generation), first=True)
+                    add_setter(active, slot, setter(slot, locations[g][j].base, state, src, plan.subspaces[i],
+                                                    plan.extra, plan.generation), state)
             hooks.absorb(active)  # the last group's setters act on the base run
         finally:
             active.remove()

@@ -308,25 +308,142 @@ def test_hook_mlp_out_is_what_the_mlp_adds_to_the_residual_stream_also_in_gemma2
         assert not torch.allclose(expected, gemma(ids_).logits, atol=1e-4)
 
 
-def test_a_transcoder_is_refused_where_the_mlp_output_is_normed_before_the_stream() -> None:
-    """Gemma 2 adds post_feedforward_layernorm(mlp(x)): no module reads the MLP's input and writes that, so a
-    transcoder there would silently write the wrong quantity. Both the splice and the feature sweep refuse it
-    before any forward, and the model is left without hooks."""
+def _gemma2_and_transcoder():
     from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    from intervenable.errors import ConfigError
 
     torch.manual_seed(0)
     gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                            num_attention_heads=2, num_key_value_heads=1, head_dim=16)).eval()
-    tc = pv.load_sae(os.path.join(DATA, "transcoder"))
-    assert tc.is_transcoder and tc.d_in == 32
-    for component in ("mlp_output", "mlp_residual"):
-        with pytest.raises(ConfigError, match="transcoder.*after a norm"):
-            pv.IntervenableModel(pv.SAEIntervention(tc, layer=1, component=component), gemma)
-    with pytest.raises(ConfigError, match="transcoder.*after a norm"):
-        pv.feature_patching(gemma, pv.SAEIntervention(tc, layer=1, component="mlp_output"), ids(1, 5, seed=2),
-                            target=7, positions=[-1])
+    with torch.no_grad():  # a post-MLP norm that is not the identity
+        gemma.model.layers[1].post_feedforward_layernorm.weight.normal_(generator=torch.Generator().manual_seed(5))
+    return gemma, pv.load_sae(os.path.join(DATA, "transcoder"))  # ln2.hook_normalized -> hook_mlp_out
+
+
+def _gemma2_by_hand(gemma, tc, edit, ids_):
+    """Gemma 2 adds post_feedforward_layernorm(mlp(x)) to the stream: the transcoder reads the MLP's input x
+    (a pre-hook on the MLP) and its edit lands on the norm's output (what hook_mlp_out is)."""
+    layer, kept = gemma.model.layers[1], {}
+
+    def keep(module, args):
+        kept["x"] = args[0]
+
+    def edited(module, args, output):
+        z = torch.relu(kept["x"] @ tc.W_enc + tc.b_enc)
+        return output + (edit(z.clone()) - z) @ tc.W_dec
+    handles = [layer.mlp.register_forward_pre_hook(keep),
+               layer.post_feedforward_layernorm.register_forward_hook(edited)]
+    try:
+        with torch.no_grad():
+            return gemma(ids_).logits, torch.relu(kept["x"] @ tc.W_enc + tc.b_enc)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_a_transcoder_in_gemma2_reads_the_mlp_input_and_writes_the_normed_mlp_output() -> None:
+    """Gemma 2's hook_mlp_out is the output of the norm after the MLP, another module than the one whose input
+    the transcoder reads: the splice and the feature sweep read the MLP's input and write the norm's output."""
+    gemma, tc = _gemma2_and_transcoder()
+    ids_ = ids(2, 5, seed=2)
+
+    def edit(z):
+        z[..., 3] = 0
+        z[..., 9] = 2.5
+        return z
+    expected, z = _gemma2_by_hand(gemma, tc, edit, ids_)
+    iv = pv.SAEIntervention(tc, ablate=[3], clamp={9: 2.5})
+    assert (iv.layer, iv.component) == (1, "mlp_residual")
+    (_, collected), out = pv.IntervenableModel(iv, gemma)({"input_ids": ids_})
+    assert torch.allclose(out.logits, expected, atol=TOL, rtol=0)
+    assert not torch.allclose(out.logits, gemma(ids_).logits, atol=1e-4)  # the edit does something
+    unedited, _ = pv.IntervenableModel(pv.SAEIntervention(tc), gemma)({"input_ids": ids_})
+    assert torch.allclose(unedited[1][0], z, atol=TOL)  # latents of the MLP's input
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in gemma.modules())
-    # On GPT-2, where the MLP's output is what it adds, the same transcoder is accepted.
-    pv.IntervenableModel(pv.SAEIntervention(tc, layer=1, component="mlp_output"), MODEL)
+    # the feature sweep: latent 9 clamped at the last position of one prompt, exactly the hand-written edit
+    one = ids_[:1]
+    result = pv.feature_patching(gemma, tc, one, target=7, positions=[-1], latents=[9], value=2.5, metric="logit")
+
+    def at_last(z):
+        z[..., -1, 9] = 2.5
+        return z
+    want, _ = _gemma2_by_hand(gemma, tc, at_last, one)
+    assert abs(float(result.values.flatten()[0]) - float(want[0, -1, 7])) < TOL
+    # written at the MLP's raw output instead (a transcoder trained on it), it reads the same module's input
+    raw = pv.SAEIntervention(tc, layer=1, component="mlp_output", ablate=[3])
+    _, out = pv.IntervenableModel(raw, gemma)({"input_ids": ids_})
+    layer = gemma.model.layers[1]
+
+    def by_hand(module, args, output):
+        z = torch.relu(args[0] @ tc.W_enc + tc.b_enc)
+        edited = z.clone()
+        edited[..., 3] = 0
+        return output + (edited - z) @ tc.W_dec
+    handle = layer.mlp.register_forward_hook(by_hand)
+    try:
+        with torch.no_grad():
+            expected = gemma(ids_).logits
+    finally:
+        handle.remove()
+    assert torch.allclose(out.logits, expected, atol=TOL, rtol=0)
+
+def test_a_transcoder_in_gemma2_steers_generation_token_for_token() -> None:
+    """In generate the MLP's input is kept per forward call (prompt, then each new token) for the norm's output."""
+    gemma, tc = _gemma2_and_transcoder()
+    prompt = ids(1, 4, seed=3)
+    layer, kept = gemma.model.layers[1], {}
+
+    def keep(module, args):
+        kept["x"] = args[0]
+
+    def steered(module, args, output):
+        z = torch.relu(kept["x"] @ tc.W_enc + tc.b_enc)
+        edited = z.clone()
+        edited[..., 9] += 4.0
+        return output + (edited - z) @ tc.W_dec
+    handles = [layer.mlp.register_forward_pre_hook(keep), layer.post_feedforward_layernorm.register_forward_hook(steered)]
+    try:
+        with torch.no_grad():
+            want = gemma.generate(prompt, max_new_tokens=6, do_sample=False)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        plain = gemma.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert not torch.equal(want, plain)  # the steering changes the continuation
+    model = pv.IntervenableModel(pv.SAEIntervention(tc, steer={9: 4.0}), gemma)
+    _, got = model.generate({"input_ids": prompt}, max_new_tokens=6, do_sample=False, intervene_on_prompt=True)
+    assert torch.equal(got, want)
+
+
+def test_a_transcoder_in_opt_reads_fc1s_input_and_writes_fc2s_output() -> None:
+    """OPT's MLP is fc1 -> activation -> fc2 with no MLP module: the transcoder reads fc1's input (the MLP's, after
+    its norm) and writes fc2's output. Its flattened [tokens, width] sites refuse a feature sweep by name."""
+    from test_fast_families import FAMILIES
+
+    opt, _ = FAMILIES["opt"]()
+    tc = pv.load_sae(os.path.join(DATA, "transcoder"))
+    ids_ = ids(2, 5, seed=2)
+    layer, kept = opt.model.decoder.layers[1], {}
+
+    def keep(module, args):
+        kept["x"] = args[0]
+
+    def edited(module, args, output):
+        z = torch.relu(kept["x"] @ tc.W_enc + tc.b_enc)
+        new = z.clone()
+        new[..., 3] = 0
+        new[..., 9] = 2.5
+        return output + (new - z) @ tc.W_dec
+    handles = [layer.fc1.register_forward_pre_hook(keep), layer.fc2.register_forward_hook(edited)]
+    try:
+        with torch.no_grad():
+            expected = opt(ids_).logits
+    finally:
+        for h in handles:
+            h.remove()
+    _, out = pv.IntervenableModel(pv.SAEIntervention(tc, ablate=[3], clamp={9: 2.5}), opt)({"input_ids": ids_})
+    assert torch.allclose(out.logits, expected, atol=TOL, rtol=0)
+    assert not torch.allclose(out.logits, opt(ids_).logits, atol=1e-4)
+    with pytest.raises(pv.ConfigError, match="flattened"):
+        pv.feature_patching(opt, tc, ids_[:1], target=7, positions=[-1], latents=[9], value=2.5)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in opt.modules())

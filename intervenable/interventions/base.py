@@ -40,7 +40,9 @@ name                 default meaning
                              model then builds it with ``embed_dim = width *
                              max_number_of_units``
 ``uses_module_input`` False  ``source`` is the hooked module's own input at the
-                             same units (skip, LoRA)
+                             same units (skip, LoRA), or the input of the module
+                             that ``input_site(model, site)`` names (a transcoder
+                             writing Gemma 2's normed MLP output reads the MLP's)
 ``collects_latents`` False   the output is written and the ``latent`` of its
                              ``InterventionOutput`` is also reported in
                              ``collected_activations`` (SAEs)
@@ -291,6 +293,11 @@ class Intervention(nn.Module):
     def check_site(self, model: nn.Module, site: Any) -> None:
         """Called once when an ``IntervenableModel`` places this intervention at ``site`` of ``model``:
         raise ``ConfigError`` naming the fix when it cannot act there (default: any site fits)."""
+
+    def input_site(self, model: nn.Module, site: Any) -> Optional[Any]:
+        """Called once at placement for a ``uses_module_input`` intervention: the ``Site`` (hook "input")
+        whose input it reads when that is not the hooked module's own (default None: its own)."""
+        return None
 
     def forward(self, base: torch.Tensor, source: Optional[torch.Tensor] = None, subspaces: Any = None, **kwargs: Any):  # pragma: no cover - abstract
         raise NotImplementedError

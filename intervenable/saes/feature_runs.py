@@ -24,7 +24,7 @@ from ..sweeps.fast import check_stack, classify, record_corrupted, run_fast
 from ..sweeps.runner import auto_batch_size, capture, run_general
 from ..sweeps.spec import Row, Write
 from ..sweeps.stack import build_stack
-from .intervention import SAEIntervention, check_transcoder_family
+from .intervention import SAEIntervention, transcoder_reads
 from .sae import SAE, Norm
 
 
@@ -58,14 +58,12 @@ def sae_sites(model: nn.Module, saes: Any) -> List[SAESite]:
 
             raise ConfigError(f"SAE {n} does not say where it acts: {SITE_HINT.replace('pv.SAEIntervention(sae', 'pass pv.SAEIntervention(sae')}.")
         raw = "." in component or "[" in component
-        if sae.is_transcoder and component in ("mlp_output", "mlp_residual"):
-            check_transcoder_family(model, layer, f"SAE {n} ({sae.hook_name_out!r})")
-            component = "mlp_output"
         site = resolve_component(model, component, None if raw else layer)
         reads = site
-        if sae.is_transcoder:  # the module's own input (as SAEIntervention reads it)
-            reads = Site(module=site.module, module_path=site.module_path, hook="input", component=component + ":input",
-                         layer=layer, width=sae.d_in)
+        if sae.is_transcoder:  # the MLP's own input, as SAEIntervention reads it
+            reads = transcoder_reads(model, sae, site, f"SAE {n} ({sae.hook_name_out!r})") or Site(
+                module=site.module, module_path=site.module_path, hook="input", component=component + ":input",
+                layer=layer, width=sae.d_in)
         if site.width is not None and site.width != sae.d_out:
             raise ConfigError(f"SAE {n} writes vectors of width {sae.d_out} but {site.describe()} has width "
                               f"{site.width}: check its site (layer, component) against the model.")
@@ -102,6 +100,12 @@ def _encode(s: SAESite, values: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, 
     """Latents ``[T, d_sae]``, input norm and error node ``[T, d_out]`` of one run from its site values."""
     device = s.sae.W_enc.device
     raw = values[s.key + ":in"] if s.reads is not s.site else s.site.to_view(values[s.key])
+    for site, value in ((s.reads, raw), (s.site, values[s.key])):
+        if value.dim() < 3:
+            raise ConfigError(
+                f"{site.describe()} holds {tuple(value.shape)}: tokens flattened into one axis (OPT's MLP), so a "
+                "feature sweep cannot address its positions. Sweep an SAE on the residual stream (block_output) "
+                "there, or splice this one with pv.IntervenableModel(pv.SAEIntervention(...), model).")
     reads = raw[0].to(device)
     z, norm = s.sae.encode_with_norm(reads)
     recon = s.sae.decode(z, norm)

@@ -11,9 +11,10 @@ a value added, a source: the chosen latents taken from the source run's
 * ``decode(z')`` with ``keep_error=False``: the SAE replaces the activation
   (its reconstruction error then changes the model's output).
 
-A transcoder sits at its output site (an MLP's output) and reads the MLP's own
-input there; its error node is the MLP's output minus the transcoder's
-prediction. The (edited) latents of every call are reported in
+A transcoder sits at its output site (what an MLP adds to the stream, or its raw
+output) and reads the MLP's own input (``sites.residual.mlp_input``: in Gemma 2
+and OLMo 2 another module's, whose input the engine keeps for it); its error node
+is the written value minus the transcoder's prediction. The (edited) latents of every call are reported in
 ``collected_activations`` and ``IntervenableModelOutput.latents`` (a list with one
 entry per forward call in ``generate``).
 """
@@ -86,10 +87,9 @@ class SAEIntervention(Intervention):
         self.component = sae.component if component is None else str(component)
         self.keep_error = bool(keep_error)
         self.ablate, self.clamp, self.steer, self.latents = ablate, clamp, steer, latents
-        self.uses_module_input = sae.is_transcoder
+        self.uses_module_input = sae.is_transcoder  # a transcoder reads the MLP's input (input_site)
         if sae.is_transcoder:
             _check_transcoder_site(sae, self.layer, self.component)
-            self.component = "mlp_output"  # the MLP's own output: the module whose input the transcoder reads
 
     # -- the edits: properties, so that a change after construction is checked and saved ----------
     @property
@@ -168,10 +168,9 @@ class SAEIntervention(Intervention):
             z[..., i] = z[..., i] + v
         return z
 
-    def check_site(self, model: nn.Module, site: Any) -> None:
-        """Transcoders only where the MLP's output is what it adds to the stream (see check_transcoder_family)."""
-        if self.sae.is_transcoder and site.component in ("mlp_output", "mlp_residual"):
-            check_transcoder_family(model, site.layer, "This SAEIntervention")
+    def input_site(self, model: nn.Module, site: Any) -> Optional[Any]:
+        """A transcoder reads its MLP's own input (None where that is the hooked module's input)."""
+        return transcoder_reads(model, self.sae, site, "This SAEIntervention") if self.sae.is_transcoder else None
 
     def forward(self, base: torch.Tensor, source: Optional[torch.Tensor] = None, subspaces: Any = None, **kwargs: Any):
         sae = self.sae
@@ -248,20 +247,19 @@ def _as_sae(spec: Any) -> SAE:
     raise ConfigError(f"SAEIntervention needs an SAE (pv.load_sae(...)); got {type(spec).__name__}.")
 
 
-def check_transcoder_family(model: nn.Module, layer: Optional[int], where: str) -> None:
-    """A transcoder writes what the MLP adds to the stream from the MLP's input: refused where the family norms
-    the MLP's output before adding it (Gemma 2, OLMo 2), since no one module reads the one and writes the other."""
-    from ..sites.resolve import resolve_component
+def transcoder_reads(model: nn.Module, sae: SAE, site: Any, where: str) -> Optional[Any]:
+    """The ``Site`` (hook "input") a transcoder written at ``site`` reads: the MLP's own input of its layer
+    (``sites.residual.mlp_input``), or None when that is ``site``'s module's own input. ``ConfigError``
+    when its width is not the transcoder's ``d_in``."""
+    from ..sites.residual import mlp_input
 
-    if layer is None:
-        return
-    if resolve_component(model, "mlp_residual", layer).module is not resolve_component(model, "mlp_output", layer).module:
-        raise ConfigError(
-            f"{where} is a transcoder writing what the MLP adds to the residual stream, which in this family is the "
-            "MLP's output after a norm (Gemma 2, OLMo 2): a transcoder here would read the MLP's input and write "
-            "another module's output, which is not supported yet. Splice it at a raw module path instead if you "
-            "know where it belongs."
-        )
+    if site.layer is None:  # a raw module path: the module's own input, as the user placed it
+        return None
+    reads = mlp_input(model, site.layer)
+    if reads.width is not None and reads.width != sae.d_in:
+        raise ConfigError(f"{where} is a transcoder reading vectors of width {sae.d_in}, but the MLP input it reads "
+                          f"({reads.describe()}) has width {reads.width}: check its layer against the model.")
+    return None if reads.module is site.module else reads
 
 
 def _check_transcoder_site(sae: SAE, layer: Optional[int], component: Optional[str]) -> None:

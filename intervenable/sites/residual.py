@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ComponentError
 from .paths import get_module
-from .registry import Architecture, LayerStack, Norm, find_architecture
+from .registry import Architecture, LayerStack, Norm, Residual, find_architecture
 from .resolve import base_prefix, resolve_component
 from .site import Site
 
@@ -228,11 +228,28 @@ def residual_stream(model: nn.Module) -> ResidualStream:
             attention=attention, mlp=mlp, heads=heads, out_proj=heads.module,
             attention_norm=norm(res.attention_norm), mlp_norm=norm(res.mlp_norm),
             kv_groups=attribute(res.kv_groups),
-            mlp_input=replace(mlp, hook="input", component="mlp_input") if post is None else site("mlp_input"),
+            mlp_input=_mlp_input(model, layer, res, mlp),
             attention_post=post_norm(attention, f"layer {layer} attention output norm"),
             mlp_post=post_norm(mlp, f"layer {layer} MLP output norm"),
         ))
     return ResidualStream(arch.name, tuple(layers), bool(res.parallel(config)), readout(model))
+
+
+def _mlp_input(model: nn.Module, layer: int, res: Optional[Residual], written: Site) -> Site:
+    if res is None or res.sublayer_norm is not None or written.hook != "output":
+        return resolve_component(model, "mlp_input", layer)
+    return replace(written, hook="input", component="mlp_input")  # the module that writes also reads
+
+
+def mlp_input(model: nn.Module, layer: int) -> Site:
+    """The MLP's own input at ``layer`` (what it reads, after its norm): the input of the module whose output is
+    what the MLP adds to the stream, or, where that output is normed first (Gemma2, OLMo2) or the family has no
+    residual description, the family's ``mlp_input``. A transcoder reads it."""
+    arch = find_architecture(model)
+    res = arch.stack.residual if arch is not None and arch.stack is not None else None
+    if res is not None and res.unsupported is not None and res.unsupported(model.config):
+        res = None
+    return _mlp_input(model, layer, res, resolve_component(model, "mlp_residual", layer))
 
 
 def final_norm(model: nn.Module) -> NormArithmetic:
