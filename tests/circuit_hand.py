@@ -77,28 +77,46 @@ class Gpt2Hand:
 
     def patched(self, ids, receiver: str, delta: torch.Tensor, probe: bool = False):
         """Last-position logits with ``delta`` ``[T, d]`` added to the stream ``receiver`` reads."""
-        kind = _parse(receiver)
-        hooks, store = [], {}
-        if kind[0] == "logits":
-            hooks.append(self.tr.ln_f.register_forward_pre_hook(lambda m, a: (a[0] + delta,)))
-        elif kind[0] == "mlp":
-            block = self.tr.h[kind[1]]
-            ln = block.ln_2
-            hooks.append(ln.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0])))
-            hooks.append(block.mlp.register_forward_pre_hook(lambda m, a: (
-                F.layer_norm(store["x"] + delta, (self.d,), ln.weight, ln.bias, ln.eps),)))
-        else:
-            _, l, h, letters = kind
-            block = self.tr.h[l]
-            ln, proj = block.ln_1, block.attn.c_attn
-            hooks.append(ln.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0])))
+        return self.patched_many(ids, {receiver: delta})
 
-            def post(m, a, o):
-                new = F.layer_norm(store["x"] + delta, (self.d,), ln.weight, ln.bias, ln.eps) @ proj.weight + proj.bias
+    def patched_many(self, ids, deltas: Dict[str, torch.Tensor], shift: Optional[Dict[str, torch.Tensor]] = None):
+        """Last-position logits with ``deltas[receiver]`` added to the stream each receiver reads (the stream
+        itself unchanged), and ``shift[node]`` added to the stream where node ``node`` writes it (every later
+        reader sees it): ``input`` at layer 0's input, ``a{l}`` at the attention's output, ``m{l}`` at the MLP's."""
+        hooks, store = [], {}
+        for node, add in (shift or {}).items():
+            if node == "input":
+                hooks.append(self.tr.h[0].register_forward_pre_hook(
+                    lambda m, a, k, add=add: _with_arg0(a, k, _arg0(a, k) + add), with_kwargs=True))
+            else:
+                module = self.tr.h[int(node[1:])].attn if node[0] == "a" else self.tr.h[int(node[1:])].mlp
+                hooks.append(module.register_forward_hook(
+                    lambda m, a, o, add=add: (o[0] + add,) + tuple(o[1:]) if isinstance(o, tuple) else o + add))
+        heads: Dict[int, List] = {}
+        for receiver, delta in deltas.items():
+            kind = _parse(receiver)
+            if kind[0] == "logits":
+                hooks.append(self.tr.ln_f.register_forward_pre_hook(lambda m, a, delta=delta: (a[0] + delta,)))
+            elif kind[0] == "mlp":
+                block = self.tr.h[kind[1]]
+                ln, key = block.ln_2, f"x2.{kind[1]}"
+                hooks.append(ln.register_forward_pre_hook(lambda m, a, key=key: store.__setitem__(key, a[0])))
+                hooks.append(block.mlp.register_forward_pre_hook(lambda m, a, ln=ln, key=key, delta=delta: (
+                    F.layer_norm(store[key] + delta, (self.d,), ln.weight, ln.bias, ln.eps),)))
+            else:
+                heads.setdefault(kind[1], []).append((kind[2], kind[3], delta))
+        for l, items in heads.items():
+            block = self.tr.h[l]
+            ln, proj, key = block.ln_1, block.attn.c_attn, f"x1.{l}"
+            hooks.append(ln.register_forward_pre_hook(lambda m, a, key=key: store.__setitem__(key, a[0])))
+
+            def post(m, a, o, ln=ln, proj=proj, key=key, items=items):
                 o = o.clone()
-                for letter in letters:
-                    off = "qkv".index(letter) * self.d + h * self.hd
-                    o[..., off:off + self.hd] = new[..., off:off + self.hd]
+                for h, letters, delta in items:
+                    new = F.layer_norm(store[key] + delta, (self.d,), ln.weight, ln.bias, ln.eps) @ proj.weight + proj.bias
+                    for letter in letters:
+                        off = "qkv".index(letter) * self.d + h * self.hd
+                        o[..., off:off + self.hd] = new[..., off:off + self.hd]
                 return o
             hooks.append(proj.register_forward_hook(post))
         return _run(self.m, ids, hooks)

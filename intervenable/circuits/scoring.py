@@ -15,8 +15,8 @@ output for ``ablation="patch"``, its mean over the prompts for ``"mean"``, zero 
 * ``eap-ig-blocks``: the same, but each group's outputs move only as one layer's receivers read them,
   so the edges of each block (group -> layer) get the gradients of their own path (about
   ``L^2 steps`` rows: it grows with the layers, not with the edges). The estimate closest to exact
-  edge patching (docs/circuits.md: rank correlation 0.91-0.94 on the demo model, 0.82-0.86 for
-  ``eap-ig-activations`` and ``eap``, 0.63-0.70 for ``eap-ig-inputs``);
+  edge patching (docs/circuits.md: rank correlation 0.92-0.93 on the demo model, 0.79-0.82 for
+  ``eap-ig-activations`` and ``eap``, 0.59-0.63 for ``eap-ig-inputs``);
 * ``exact``: the change in the metric when only that edge carries ``u_s`` instead of ``u_b``
   (``v`` reads ``stream + u_s - u_b``, nothing else changes); one batch row per edge and prompt.
 
