@@ -81,11 +81,14 @@ PATHS = {
     "llama": ("model.layers.{}", "model.layers.{}.self_attn", "model.layers.{}.mlp", "model.layers.{}.self_attn.o_proj"),
     "gemma2": ("model.layers.{}", "model.layers.{}.post_attention_layernorm", "model.layers.{}.post_feedforward_layernorm",
                "model.layers.{}.self_attn.o_proj"),
+    "olmo2": ("model.layers.{}", "model.layers.{}.post_attention_layernorm", "model.layers.{}.post_feedforward_layernorm",
+              "model.layers.{}.self_attn.o_proj"),
     "gpt_neox": ("gpt_neox.layers.{}", "gpt_neox.layers.{}.attention", "gpt_neox.layers.{}.mlp",
                  "gpt_neox.layers.{}.attention.dense"),
 }
 READOUT = {  # the final norm (the head is the model's output embeddings: lm_head, or embed_out on 4.x NeoX)
-    "gpt2": "transformer.ln_f", "llama": "model.norm", "gemma2": "model.norm", "gpt_neox": "gpt_neox.final_layer_norm",
+    "gpt2": "transformer.ln_f", "llama": "model.norm", "gemma2": "model.norm", "olmo2": "model.norm",
+    "gpt_neox": "gpt_neox.final_layer_norm",
 }
 
 
@@ -232,32 +235,37 @@ def test_grouped_query_heads_split_by_their_own_count() -> None:
         pv.run_with_cache(model, IDS, components=["head_key_output"], heads=[3])
 
 
-def test_gemma2_heads_share_the_normed_attention_write_and_sum_to_the_logit() -> None:
-    """Gemma2 norms the attention output before adding it: a head's share is its output-projection term
-    through post_attention_layernorm at the whole output's scale (by hand below); the shares sum to what
+def _rms_by_hand(norm, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x``'s RMS scale and the norm's weight: Gemma 2 scales by ``1 + weight`` (``eps``), OLMo 2 by ``weight``."""
+    if name == "gemma2":
+        return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps), 1 + norm.weight.detach()
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon), norm.weight.detach()
+
+
+@pytest.mark.parametrize("name", ["gemma2", "olmo2"])
+def test_heads_share_the_normed_attention_write_and_sum_to_the_logit(name: str) -> None:
+    """Gemma 2 and OLMo 2 norm the attention output before adding it: a head's share is its output-projection
+    term through post_attention_layernorm at the whole output's scale (by hand below); the shares sum to what
     the attention writes, and the per-head attributions to the logit difference."""
-    model = family("gemma2")
+    model = family(name)
     with torch.no_grad():  # non-trivial post-norm weights
         for layer in model.model.layers:
             layer.post_attention_layernorm.weight.normal_(generator=torch.Generator().manual_seed(4))
-    _, seen = plain_hooks(model, "gemma2", IDS)
+    _, seen = plain_hooks(model, name, IDS)
     _, cache = pv.run_with_cache(model, IDS, components=["block_input", "block_output", "attention_residual",
                                                          "mlp_residual", "head_attention_value_output"])
     attrs, labels = cache.logit_attrs(5, 7, heads=True, return_labels=True)
-    raw = hand_readout(model, "gemma2", seen[("out", 2)], cap=False)[:, -1]
+    raw = hand_readout(model, name, seen[("out", 2)], cap=False)[:, -1]
     assert (attrs.sum(0) - (raw[:, 5] - raw[:, 7])).abs().max() <= 1e-4
     layer = model.model.layers[1]
-    post, W = layer.post_attention_layernorm, layer.self_attn.o_proj.weight.detach()
+    W = layer.self_attn.o_proj.weight.detach()
     z = seen[("z", 1)]
-    hd = model.config.head_dim
-    whole = z @ W.T
-    scale = torch.rsqrt(whole.pow(2).mean(-1, keepdim=True) + post.eps)
-    share = (z[..., 2 * hd:3 * hd] @ W[:, 2 * hd:3 * hd].T) * scale * (1 + post.weight.detach())
-    final = model.model.norm
-    x = seen[("out", 2)][:, -1]
-    fscale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + final.eps)
+    hd = z.shape[-1] // model.config.num_attention_heads
+    scale, weight = _rms_by_hand(layer.post_attention_layernorm, z @ W.T, name)
+    share = (z[..., 2 * hd:3 * hd] @ W[:, 2 * hd:3 * hd].T) * scale * weight
+    fscale, fweight = _rms_by_hand(model.model.norm, seen[("out", 2)][:, -1], name)
     U = model.get_output_embeddings().weight.detach()
-    want = ((share[:, -1] * fscale * (1 + final.weight.detach())) * (U[5] - U[7])).sum(-1)
+    want = ((share[:, -1] * fscale * fweight) * (U[5] - U[7])).sum(-1)
     assert torch.allclose(attrs[labels.index("L1H2")], want, atol=1e-5)
     whole_attrs, whole_labels = cache.logit_attrs(5, 7, return_labels=True)  # each attention write as one part
     shares = sum(attrs[labels.index(f"L1H{h}")] for h in range(model.config.num_attention_heads))
