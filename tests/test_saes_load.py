@@ -154,3 +154,60 @@ def test_bad_inputs_are_clear_errors(tmp_path) -> None:
         sae.encode(torch.zeros(2, 31))
     with pytest.raises(pv.ConfigError, match="needs that input's norm"):
         pv.load_sae(os.path.join(DATA, "standard_norm_rescale")).decode(torch.zeros(64))
+
+
+RELEASES = """
+gemma-scope-2b-pt-res-canonical:
+  conversion_func: gemma_2
+  model: gemma-2-2b
+  repo_id: google/gemma-scope-2b-pt-res
+  saes:
+  - id: layer_1/width_16k/canonical
+    path: layer_1/width_16k/average_l0_71
+tiny-res:
+  model: tiny-gpt2
+  repo_id: someone/tiny-saes
+  saes:
+  - id: blocks.1.hook_resid_post
+    path: blocks.1.hook_resid_post
+llama-scope-lxr-8x:
+  conversion_func: llama_scope
+  repo_id: fnlp/Llama-Scope
+  saes:
+  - id: l0r_8x
+    path: Llama3_1-8B-Base-L0R-8x
+"""
+
+
+def test_saelens_release_names_resolve_through_sae_lens_own_table(tmp_path, offline, monkeypatch) -> None:
+    """A release name and SAE id mean what SAELens's pretrained_saes.yaml says: that repo and folder. The table
+    is read from the installed package's folder without importing it (its __init__ here refuses to run)."""
+    package = tmp_path / "site" / "sae_lens"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('sae_lens code is never imported')\n")
+    (package / "pretrained_saes.yaml").write_text(RELEASES)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    cache, commit = str(tmp_path / "hub"), "d" * 40
+    read = lambda *p: open(os.path.join(*p), "rb").read()  # noqa: E731
+    put_in_hub_cache(cache, "google/gemma-scope-2b-pt-res",
+                     {f"{GEMMA_ID}/params.npz": read(GEMMA, GEMMA_ID, "params.npz")}, commit)
+    put_in_hub_cache(cache, "someone/tiny-saes", {f"blocks.1.hook_resid_post/{n}": read(DATA, "jumprelu", n)
+                                                  for n in ("cfg.json", "sae_weights.safetensors")}, commit)
+    gemma = pv.load_sae("gemma-scope-2b-pt-res-canonical", "layer_1/width_16k/canonical", cache_dir=cache)
+    check_against(gemma, os.path.join(GEMMA, GEMMA_ID))
+    assert gemma.reference == {"repo_id": "google/gemma-scope-2b-pt-res", "sae_id": GEMMA_ID, "revision": commit}
+    assert (gemma.layer, gemma.component) == (1, "block_output")
+    check_against(pv.load_sae("tiny-res", "blocks.1.hook_resid_post", cache_dir=cache), os.path.join(DATA, "jumprelu"))
+    with pytest.raises(pv.InputError, match="pass sae_id= one of them"):
+        pv.load_sae("tiny-res", cache_dir=cache)
+    with pytest.raises(pv.InputError, match="no SAE 'blocks.9.hook_resid_post'"):
+        pv.load_sae("tiny-res", "blocks.9.hook_resid_post", cache_dir=cache)
+    with pytest.raises(pv.InputError, match="not a path, a hub repo id, or a release"):
+        pv.load_sae("no-such-release", "x", cache_dir=cache)
+    with pytest.raises(pv.InputError, match="conversion_func 'llama_scope'"):
+        pv.load_sae("llama-scope-lxr-8x", "l0r_8x", cache_dir=cache)
+    import intervenable.saes.releases as releases
+
+    monkeypatch.setattr(releases, "table_file", lambda: None)  # sae-lens not installed
+    with pytest.raises(pv.InputError, match="install sae-lens"):
+        pv.load_sae("gemma-scope-2b-pt-res-canonical", "layer_1/width_16k/canonical", cache_dir=cache)

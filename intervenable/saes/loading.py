@@ -26,6 +26,7 @@ import torch
 
 from ..errors import ConfigError, InputError
 from .hook_names import site_of_hook
+from .releases import resolve_release
 from .sae import ARCHITECTURES, SAE
 
 CFG_NAME = "cfg.json"
@@ -40,8 +41,9 @@ def load_sae(path_or_repo: Union[str, os.PathLike], sae_id: Optional[str] = None
     """An ``SAE`` from a SAELens folder or a Gemma Scope ``params.npz``, local or on the hub.
 
     ``path_or_repo``: a folder (``cfg.json`` + ``sae_weights.safetensors``, or ``params.npz``),
-    a ``params.npz`` file, or a hub repo id; ``sae_id``: the sub-folder inside it
-    (``"blocks.8.hook_resid_pre"``, ``"layer_20/width_16k/average_l0_71"``). ``sae.layer`` and
+    a ``params.npz`` file, a hub repo id, or a SAELens release name (``"gemma-scope-2b-pt-res-canonical"``,
+    read from an installed sae-lens's table; saes/releases.py); ``sae_id``: the sub-folder inside it
+    (``"blocks.8.hook_resid_pre"``, ``"layer_20/width_16k/average_l0_71"``), or the release's SAE id. ``sae.layer`` and
     ``sae.component`` say where it acts (from its ``hook_name``); ``sae.reference`` where it came from.
     ``revision``, ``cache_dir`` and ``token`` go to ``huggingface_hub.hf_hub_download``.
     """
@@ -54,7 +56,9 @@ def load_sae(path_or_repo: Union[str, os.PathLike], sae_id: Optional[str] = None
         files = _local_files(where)
         hint = where
     else:
-        if not re.fullmatch(r"[\w.-]+/[\w.-]+", local):
+        if re.fullmatch(r"[\w.-]+", local):  # no owner: a SAELens release name (saes/releases.py)
+            local, sae_id = resolve_release(local, sae_id)
+        elif not re.fullmatch(r"[\w.-]+/[\w.-]+", local):
             raise InputError(f"{local!r} is neither an existing path nor a hub repo id ('owner/name').")
         files, commit = _hub_files(local, sae_id, revision, cache_dir, token)
         reference = {"repo_id": local, "sae_id": sae_id, "revision": commit}
