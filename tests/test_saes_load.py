@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict
+from typing import Dict, Tuple
 
 import pytest
 import torch
@@ -109,6 +109,17 @@ def put_in_hub_cache(cache: str, repo_id: str, files: Dict[str, bytes], commit: 
         handle.write(commit)
 
 
+def two_repos_in_hub_cache(tmp_path, commit: str) -> Tuple[str, str]:
+    """A hub cache holding Gemma Scope's layer-1 params.npz and a SAELens folder in ``someone/tiny-saes``."""
+    cache = str(tmp_path / "hub")
+    read = lambda *p: open(os.path.join(*p), "rb").read()  # noqa: E731
+    put_in_hub_cache(cache, "google/gemma-scope-2b-pt-res",
+                     {f"{GEMMA_ID}/params.npz": read(GEMMA, GEMMA_ID, "params.npz")}, commit)
+    put_in_hub_cache(cache, "someone/tiny-saes", {f"blocks.1.hook_resid_post/{n}": read(DATA, "jumprelu", n)
+                                                  for n in ("cfg.json", "sae_weights.safetensors")}, commit)
+    return cache, commit
+
+
 @pytest.fixture
 def offline(monkeypatch):
     import huggingface_hub.constants as hub_constants
@@ -118,12 +129,7 @@ def offline(monkeypatch):
 
 
 def test_hub_repos_load_from_the_local_cache_offline(tmp_path, offline) -> None:
-    cache, commit = str(tmp_path / "hub"), "c" * 40
-    read = lambda *p: open(os.path.join(*p), "rb").read()  # noqa: E731
-    put_in_hub_cache(cache, "google/gemma-scope-2b-pt-res",
-                     {f"{GEMMA_ID}/params.npz": read(GEMMA, GEMMA_ID, "params.npz")}, commit)
-    put_in_hub_cache(cache, "someone/tiny-saes", {f"blocks.1.hook_resid_post/{n}": read(DATA, "jumprelu", n)
-                                                  for n in ("cfg.json", "sae_weights.safetensors")}, commit)
+    cache, commit = two_repos_in_hub_cache(tmp_path, "c" * 40)
     gemma = pv.load_sae("google/gemma-scope-2b-pt-res", GEMMA_ID, cache_dir=cache)
     check_against(gemma, os.path.join(GEMMA, GEMMA_ID))
     assert gemma.reference == {"repo_id": "google/gemma-scope-2b-pt-res", "sae_id": GEMMA_ID, "revision": commit}
@@ -187,12 +193,7 @@ def test_saelens_release_names_resolve_through_sae_lens_own_table(tmp_path, offl
     (package / "__init__.py").write_text("raise ImportError('sae_lens code is never imported')\n")
     (package / "pretrained_saes.yaml").write_text(RELEASES)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    cache, commit = str(tmp_path / "hub"), "d" * 40
-    read = lambda *p: open(os.path.join(*p), "rb").read()  # noqa: E731
-    put_in_hub_cache(cache, "google/gemma-scope-2b-pt-res",
-                     {f"{GEMMA_ID}/params.npz": read(GEMMA, GEMMA_ID, "params.npz")}, commit)
-    put_in_hub_cache(cache, "someone/tiny-saes", {f"blocks.1.hook_resid_post/{n}": read(DATA, "jumprelu", n)
-                                                  for n in ("cfg.json", "sae_weights.safetensors")}, commit)
+    cache, commit = two_repos_in_hub_cache(tmp_path, "d" * 40)
     gemma = pv.load_sae("gemma-scope-2b-pt-res-canonical", "layer_1/width_16k/canonical", cache_dir=cache)
     check_against(gemma, os.path.join(GEMMA, GEMMA_ID))
     assert gemma.reference == {"repo_id": "google/gemma-scope-2b-pt-res", "sae_id": GEMMA_ID, "revision": commit}
