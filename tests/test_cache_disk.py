@@ -181,3 +181,16 @@ def test_foreign_damaged_and_unfinished_folders_are_refused(reference: str, tmp_
         pv.cache_to_disk(model, [torch.tensor([1, 2]), torch.tensor([], dtype=torch.long)], str(tmp_path / "e"))
     with pytest.raises(ConfigError, match="shard_tokens"):
         pv.cache_to_disk(model, data, str(tmp_path / "s"), shard_tokens=0)
+
+
+def test_shards_get_the_umask_modes_and_the_folder_holds_nothing_else(tmp_path) -> None:
+    """Shards are serialised in memory and written by us (safetensors' save_file writes a 0600 .tmpXXXXXX sibling,
+    which a kill mid-write would leave behind where no cleanup knows it)."""
+    old = os.umask(0o027)
+    try:
+        pv.cache_to_disk(make_model(), make_data()[:8], tmp_path / "c", **ARGS)
+    finally:
+        os.umask(old)
+    names = sorted(os.listdir(tmp_path / "c"))
+    assert names == ["manifest.json"] + [f"shard-{k:05d}.safetensors" for k in range(len(names) - 1)]
+    assert {oct(os.stat(tmp_path / "c" / n).st_mode & 0o777) for n in names} == {oct(0o640)}

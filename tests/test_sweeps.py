@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -201,6 +202,12 @@ def test_result_save_load_plot(tmp_path, capsys) -> None:
         torch.testing.assert_close(back.values, r.values)
         assert back.tokens == r.tokens and back.subject == (1, 3) and back.components == r.components
     assert json.loads((tmp_path / "r.json").read_text())["target"] == TARGET
+    # every format gets the umask's mode (safetensors' own save_file would leave 0600) and nothing beside it
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert {oct(os.stat(tmp_path / f"r{ext}").st_mode & 0o777) for ext in (".pt", ".json", ".safetensors")} == {
+        oct(0o666 & ~mask)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.pt", "r.safetensors"]
     png = r.save(tmp_path / "plots" / "trace.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(InputError, match=".png"):

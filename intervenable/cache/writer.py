@@ -11,7 +11,7 @@ from torch import nn
 
 from ..distributed import rank_and_world
 from ..errors import ConfigError, InputError
-from ..io.common import SerializationError, sha256_file
+from ..io.common import SerializationError, sha256_file, write_safetensors
 from . import disk
 from .request import resolve_sites
 from .run import run_with_cache
@@ -137,9 +137,7 @@ def cache_to_disk(model: nn.Module, data: Any, path: Any, components: Sequence[s
 
 
 def _write_shard(folder: str, shard: disk.Shard, tensors: Dict[str, torch.Tensor], meta: Dict[str, str]) -> int:
-    from safetensors.torch import save_file
-
-    disk.write_atomic(folder, disk.shard_name(shard.index), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    disk.write_atomic(folder, disk.shard_name(shard.index), lambda tmp: write_safetensors(tmp, tensors, meta))
     return shard.tokens
 
 

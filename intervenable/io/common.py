@@ -107,6 +107,18 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
+def write_safetensors(path: str, tensors: Mapping[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
+    """``tensors`` as a safetensors file at ``path``, written by us: safetensors' ``save_file`` writes a
+    ``.tmpXXXXXX`` sibling (mode 0600, whatever the umask) and renames it, so a kill during the write
+    leaves a stray file no cleanup knows, and the file keeps mode 0600. Here the bytes are serialised
+    in memory and written with ``open``: the umask's modes, nothing beside ``path``."""
+    from safetensors.torch import save
+
+    data = save(dict(tensors), metadata=metadata)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
 # -- tensors -----------------------------------------------------------------------
 def storable(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU, contiguous, unshared copy that safetensors accepts."""

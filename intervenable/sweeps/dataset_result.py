@@ -130,9 +130,9 @@ class DatasetResult:
         elif ext == ".pt":
             torch.save({"meta": meta, **tensors}, path)
         elif ext == ".safetensors":
-            from safetensors.torch import save_file
+            from ..io.common import write_safetensors
 
-            save_file(tensors, str(path), metadata={"meta": meta})
+            write_safetensors(str(path), tensors, metadata={"meta": meta})
         else:
             raise InputError(f"Cannot save a dataset result as {ext or 'a file without extension'!r}: use .png, .pdf, "
                              ".svg, .json, .pt or .safetensors.")

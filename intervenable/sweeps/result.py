@@ -156,10 +156,11 @@ class SweepResult:
         elif ext == ".json":
             path.write_text(json.dumps({"values": self.values.tolist(), **self._meta()}, indent=1))
         elif ext == ".safetensors":
-            from safetensors.torch import save_file
+            from ..io.common import write_safetensors
 
-            save_file({"values": self.values.contiguous(), **{k: v.contiguous() for k, v in self.tensors.items()}},
-                      str(path), metadata={"meta": json.dumps(self._meta())})
+            write_safetensors(str(path), {"values": self.values.contiguous(),
+                                          **{k: v.contiguous() for k, v in self.tensors.items()}},
+                              metadata={"meta": json.dumps(self._meta())})
         else:
             raise InputError(f"Cannot save a sweep as {ext or 'a file without extension'!r}: use .png, .pdf, .svg, "
                              ".pt, .json or .safetensors.")
