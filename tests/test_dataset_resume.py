@@ -51,7 +51,7 @@ CHILD = textwrap.dedent("""
     def slow_put(self, index, result):
         count[0] += 1
         if count[0] == 4:  # the fourth example is being written: leave a partial file, then wait to be killed
-            open(os.path.join(self.folder, ".tmp-partial.safetensors"), "wb").write(b"\\x00" * 10)
+            open(os.path.join(self.folder, ".tmp-99999-example-000006.safetensors"), "wb").write(b"\\x00" * 10)
             time.sleep(600)
         put(self, index, result)
 
@@ -68,7 +68,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path) -> Non
     child = subprocess.Popen([sys.executable, "-c", CHILD.format(here=str(HERE), folder=str(folder))], env=env)
     try:
         deadline = time.time() + 120
-        while not (folder / ".tmp-partial.safetensors").exists():
+        while not (folder / ".tmp-99999-example-000006.safetensors").exists():
             assert child.poll() is None, "the child ended before it was killed"
             assert time.time() < deadline, "the child never reached its fourth example"
             time.sleep(0.05)
@@ -88,6 +88,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path) -> Non
         torch.testing.assert_close(a.values, b.values, atol=0, rtol=0)
         assert a.clean_score == b.clean_score and a.corrupted_score == b.corrupted_score
     assert len(list(folder.glob("example-*.safetensors"))) == N
+    assert not list(folder.glob(".tmp-*"))  # the killed write's temporary file is gone
     again = pv.causal_trace(model, prompts, save_to=folder, **kw)  # everything there: nothing runs
     assert again.info["resumed"] == N
 

@@ -4,7 +4,8 @@ The folder holds ``call.json`` (what was asked: the sweep, its options, the mode
 each example) and one file per finished example: ``example-000012.safetensors`` (its
 ``SweepResult``) or ``example-000012.error.json`` (why it could not run). Each file is written
 under a temporary name, flushed, and renamed into place (``os.replace`` is atomic), so a killed
-run leaves only complete files; a rerun with the same call loads them and runs the rest. A
+run leaves only complete files (and temporaries, which the rerun removes); a rerun with the same
+call loads them and runs the rest. A
 folder written by a different call is refused, naming the first difference.
 """
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -86,9 +86,16 @@ def _difference(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _write_atomic(folder: str, name: str, write: Callable[[str], Any], suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
+def _write_atomic(folder: str, name: str, write: Callable[[str], Any], owned: bool = True) -> None:
+    """``write(tmp)``, flush, rename to ``folder/name``. The temporary file is ``.tmp-{pid}-{name}`` (it keeps
+    the extension that says the format); when this process alone writes ``name`` (``owned``: an example's
+    file, one rank per example) the temporaries a killed writer of it left are removed first, so a resumed
+    folder holds only complete files."""
+    if owned:
+        for entry in os.listdir(folder):
+            if entry.startswith(".tmp-") and entry.endswith(f"-{name}"):
+                os.remove(os.path.join(folder, entry))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
     try:
         write(tmp)
         fsync_path(tmp)
@@ -119,8 +126,9 @@ class ResultStore:
                 raise InputError(f"save_to {self.folder!r} holds the results of a different call ({diff}): give another "
                                  "folder, or delete this one to start over.")
         elif write:
+            # every rank may write the same call.json at once: none removes another's temporary file
             _write_atomic(self.folder, CALL, lambda tmp: open(tmp, "w", encoding="utf-8").write(json.dumps(record)),
-                          ".json")
+                          owned=False)
 
     def _name(self, index: int, error: bool) -> str:
         return f"example-{index:06d}" + (".error.json" if error else ".safetensors")
@@ -140,8 +148,8 @@ class ResultStore:
         return done, errors
 
     def put(self, index: int, result: SweepResult) -> None:
-        _write_atomic(self.folder, self._name(index, False), result.save, ".safetensors")
+        _write_atomic(self.folder, self._name(index, False), result.save)
 
     def put_error(self, index: int, message: str) -> None:
         _write_atomic(self.folder, self._name(index, True),
-                      lambda tmp: open(tmp, "w", encoding="utf-8").write(json.dumps({"error": message})), ".json")
+                      lambda tmp: open(tmp, "w", encoding="utf-8").write(json.dumps({"error": message})))
