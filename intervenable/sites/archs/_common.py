@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from ...version import transformers_older_than
 from ..registry import Component, ConfigFn, attr, inp, out
 
 hidden_size = attr("hidden_size", "d_model", "n_embd")
@@ -145,6 +146,12 @@ def sliding_window(config: Any, layer: int) -> Optional[int]:
     if types is not None:
         return width if types[layer] == "sliding_attention" else None
     return width
+
+
+def masked_window(config: Any, layer: int) -> Optional[int]:
+    """``sliding_window`` for Mixtral, Phi-3 and Qwen2, whose eager and sdpa masks have no window before
+    transformers 4.46 (only flash attention, which the fast path does not use, windowed them then)."""
+    return None if transformers_older_than("4.46") else sliding_window(config, layer)
 
 
 def config_value(name: str) -> ConfigFn:
