@@ -30,13 +30,16 @@ class PrefixCache:
     def __init__(self, prefix: Dict[int, Tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.prefix = prefix
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+    def prefix_kv(self, layer_idx: int, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer_idx``'s fixed keys/values for ``rows`` batch rows."""
         pk, pv = self.prefix[layer_idx]
-        if pk.shape[-2] == 0:
+        return pk.expand(rows, *pk.shape[1:]), pv.expand(rows, *pv.shape[1:])
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        if self.get_seq_length(layer_idx) == 0:
             return key_states, value_states
-        b = key_states.shape[0]
-        return (torch.cat([pk.expand(b, -1, -1, -1), key_states], dim=-2),
-                torch.cat([pv.expand(b, -1, -1, -1), value_states], dim=-2))
+        pk, pv = self.prefix_kv(layer_idx, key_states.shape[0])
+        return torch.cat([pk, key_states], dim=-2), torch.cat([pv, value_states], dim=-2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         pk = self.prefix.get(layer_idx)
@@ -47,11 +50,8 @@ class PrefixCache:
         return self.get_seq_length(layer_idx)
 
     def layer_past(self, layer_idx: int, rows: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """Layer ``layer_idx``'s prefix as a legacy ``(keys, values)`` pair for ``rows`` rows; None when empty."""
-        pk, pv = self.prefix[layer_idx]
-        if pk.shape[-2] == 0:
-            return None
-        return pk.expand(rows, *pk.shape[1:]), pv.expand(rows, *pv.shape[1:])
+        """The prefix as a legacy ``(keys, values)`` pair for ``rows`` rows (GPT-2, OPT); None when empty."""
+        return None if self.get_seq_length(layer_idx) == 0 else self.prefix_kv(layer_idx, rows)
 
 
 def takes_cache_objects(model: nn.Module) -> bool:
