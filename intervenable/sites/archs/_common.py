@@ -84,6 +84,7 @@ def fused_qkv_components(
     hd: ConfigFn = head_dim,
     hidden: ConfigFn = hidden_size,
     weights: bool = True,
+    weight_index: int = 1,
     **extra: Any,
 ) -> Dict[str, Component]:
     """Attention components for one fused q/k/v projection.
@@ -121,7 +122,8 @@ def fused_qkv_components(
         "head_value_output": out(qkv, kvw, slice=v_span, groups=g, heads=KV, **extra),
     }
     if weights:
-        table["attention_weight"] = out(attn, None, heads=H, output_index=1, writable=False, head_layout="bhsd", **extra)
+        table["attention_weight"] = out(attn, None, heads=H, output_index=weight_index, writable=False, head_layout="bhsd",
+                                        **extra)
     return table
 
 
@@ -146,6 +148,12 @@ def sliding_window(config: Any, layer: int) -> Optional[int]:
     if types is not None:
         return width if types[layer] == "sliding_attention" else None
     return width
+
+
+def weight_index_before(version: str) -> int:
+    """Where a family's attention module returns its weights: 2, after its key/value cache, on transformers
+    before ``version`` (the release whose attention stopped returning the cache), else 1."""
+    return 2 if transformers_older_than(version) else 1
 
 
 def masked_window(config: Any, layer: int) -> Optional[int]:
