@@ -40,8 +40,10 @@ def test_layers_sum_their_writers_and_readout_gives_logits(family: str) -> None:
 
     def grab(key, module, kind):
         if kind == "input":
+            # the input positionally or as hidden_states= (transformers 4.45's GPT-J calls its blocks so)
             handles.append(module.register_forward_pre_hook(
-                lambda m, a, k=key: seen.__setitem__(k, a[0].detach()) if a else None))
+                lambda m, a, kw, k=key: seen.__setitem__(k, (a[0] if a else kw["hidden_states"]).detach())
+                if a or "hidden_states" in kw else None, with_kwargs=True))
         else:
             handles.append(module.register_forward_hook(lambda m, a, o, k=key: seen.__setitem__(k, _main(o).detach())))
 
