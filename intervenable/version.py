@@ -1,7 +1,8 @@
 """The package's version, in a module of its own so that any layer can read it without importing the package.
 
-It also holds the one helper for the rare behaviour that is clearer to key on the installed
-transformers' version than to detect (read from its metadata: transformers is not imported).
+It also holds the helpers for what differs between transformers releases and is needed in more than
+one layer: the installed release (read from its metadata, without importing transformers) for the rare
+behaviour clearer to key on a version than to detect, and ``configs_name_dtype``.
 """
 import re
 from functools import lru_cache
@@ -19,6 +20,14 @@ def _release(text: str) -> Tuple[int, ...]:
 @lru_cache(maxsize=None)
 def _installed_transformers() -> Tuple[int, ...]:
     return _release(metadata.version("transformers"))
+
+
+@lru_cache(maxsize=None)
+def configs_name_dtype() -> bool:
+    """Whether transformers' configs (and ``from_pretrained``) call it ``dtype`` (4.56 on) or only ``torch_dtype``."""
+    import transformers
+
+    return hasattr(transformers.PretrainedConfig(), "dtype")
 
 
 def transformers_older_than(version: str) -> bool:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import InputError
+from ..version import configs_name_dtype
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -88,9 +89,7 @@ def dtype_kwargs(dtype: Any) -> Dict[str, Any]:
     4.56 on), else ``torch_dtype`` (4.45 would keep an unknown ``dtype`` on the config, unserialisable)."""
     if dtype is None:
         return {}
-    import transformers
-
-    return {"dtype" if hasattr(transformers.PretrainedConfig(), "dtype") else "torch_dtype": dtype}
+    return {"dtype" if configs_name_dtype() else "torch_dtype": dtype}
 
 
 def _create(
