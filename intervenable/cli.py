@@ -105,6 +105,8 @@ def load_weights(name: Optional[str], device: str = "cpu", dtype: str = "float32
     _check_device(device)
     from transformers import AutoModelForCausalLM
 
+    from .models.hf import dtype_kwargs
+
     if name is None:
         kwargs = dict(kwargs, attn_implementation="eager")
     if quiet or name is None:  # the embedded 4 MB model needs no "Loading weights" bar (transformers 5)
@@ -112,7 +114,7 @@ def load_weights(name: Optional[str], device: str = "cpu", dtype: str = "float32
 
         hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **dtype_kwargs(torch_dtype), **kwargs)
     except (OSError, ValueError) as exc:
         raise CliError(f"Cannot load model {name!r} ({type(exc).__name__}: {exc}). Pass a directory with "
                        "config.json and weights, or a reachable hub id.") from None

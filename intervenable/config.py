@@ -13,6 +13,7 @@ import torch
 from transformers import PretrainedConfig
 
 from .errors import ConfigError, closest
+from .version import configs_name_dtype
 
 REPRESENTATION_FIELDS = (
     "layer",
@@ -231,6 +232,12 @@ class IntervenableConfig(PretrainedConfig):
         return f"{type(self).__name__}(mode={self.mode!r}, representations=[\n    {reps}\n])"
 
     __str__ = __repr__
+
+
+if not configs_name_dtype():  # transformers < 4.56: the config's dtype is only torch_dtype; the reference has both
+    IntervenableConfig.dtype = property(lambda self: self.torch_dtype,  # type: ignore[attr-defined]
+                                        lambda self, value: setattr(self, "torch_dtype", value),
+                                        doc="The config's ``torch_dtype`` (named ``dtype`` from transformers 4.56).")
 
 
 def _describe(value: Any) -> Any:

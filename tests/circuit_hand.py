@@ -207,7 +207,11 @@ class LlamaHand:
             layer = self.base.layers[l]
             hooks.append(layer.input_layernorm.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0])))
             hooks.append(layer.self_attn.register_forward_pre_hook(
-                lambda m, a, k: store.__setitem__("pe", k["position_embeddings"]), with_kwargs=True))
+                lambda m, a, k: store.update(pe=k["position_embeddings"]) if k.get("position_embeddings") else None,
+                with_kwargs=True))
+            own = getattr(layer.self_attn, "rotary_emb", None)  # transformers 4.45's Gemma2: rotary in the attention
+            if own is not None:  # called only when the attention is given no position_embeddings
+                hooks.append(own.register_forward_hook(lambda m, a, o: store.__setitem__("pe", o)))
 
             def pre(m, a):
                 cos, sin = store["pe"]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from families import provided
 import intervenable as pv
 from intervenable.cli import main
 from intervenable.demo import demo_facts, load_demo_model
@@ -321,7 +322,7 @@ def test_cli_patch_with_attribution_methods(tmp_path, capsys) -> None:
     assert "--verify and --steps apply to --method atp, ig or eap-ig" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family", ["gpt_neox", "qwen3", "falcon_new"])
+@pytest.mark.parametrize("family", provided(["gpt_neox", "qwen3", "falcon_new"]))
 def test_other_families_give_patching_sweeps_cells(family: str) -> None:
     """Families beyond GPT-2 / LLaMA (general path, q/k norms, fused qkv): same cells as patching_sweep,
     and the verified cells equal its exact values."""

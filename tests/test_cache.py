@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import torch
 
+from families import provided
 import intervenable as pv
 from intervenable.errors import ComponentError, ConfigError, InputError, LocationError
 from gpt2_manual import manual_forward, tiny_gpt2
@@ -131,7 +132,7 @@ def hand_readout(model, name: str, resid: torch.Tensor, cap: bool = True) -> tor
     return torch.tanh(logits / softcap) * softcap if softcap and cap else logits
 
 
-@pytest.mark.parametrize("name", sorted(PATHS))
+@pytest.mark.parametrize("name", provided(sorted(PATHS)))
 def test_sites_lens_decomposition_and_attribution(name: str) -> None:
     model = family(name)
     ids = IDS if name != "gpt2" else IDS
@@ -242,7 +243,7 @@ def _rms_by_hand(norm, x: torch.Tensor, name: str) -> torch.Tensor:
     return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon), norm.weight.detach()
 
 
-@pytest.mark.parametrize("name", ["gemma2", "olmo2"])
+@pytest.mark.parametrize("name", provided(["gemma2", "olmo2"]))
 def test_heads_share_the_normed_attention_write_and_sum_to_the_logit(name: str) -> None:
     """Gemma 2 and OLMo 2 norm the attention output before adding it: a head's share is its output-projection
     term through post_attention_layernorm at the whole output's scale (by hand below); the shares sum to what
@@ -318,7 +319,9 @@ def test_grads_equal_autograd(name: str) -> None:
 
 def test_positions_heads_dtype_select_from_the_full_cache() -> None:
     model = gpt2_model()
-    _, full = pv.run_with_cache(model, IDS, components=["block_output", "head_query_output", "attention_weight"])
+    # Attention weights come back when asked (transformers 4.x; 5.x's eager attention always returns them).
+    _, full = pv.run_with_cache(model, IDS, components=["block_output", "head_query_output", "attention_weight"],
+                                output_attentions=True)
     _, part = pv.run_with_cache(model, IDS, components=["block_output", "head_query_output"], layers=[0, -1],
                                 positions=[1, -1], heads=[0, 3], dtype=torch.float64)
     assert part.layers("block_output") == [0, 2] and part.positions.tolist() == [1, 8]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from families import provided
 from intervenable import Circuit, faithfulness
 from intervenable.circuits import layout_of
 from intervenable.errors import ComponentError
@@ -25,7 +26,7 @@ EDGE_FAMILIES = ["gpt2", "llama", "llama_sdpa", "mistral", "mixtral", "qwen2", "
 
 
 @pytest.mark.parametrize("qkv", [False, True])
-@pytest.mark.parametrize("family", EDGE_FAMILIES)
+@pytest.mark.parametrize("family", provided(EDGE_FAMILIES))
 def test_empty_circuit_is_the_source_run_and_full_circuit_the_base_run(family, qkv):
     model, _ = FAMILIES[family]()
     lay = layout_of(model, qkv=qkv)

@@ -12,6 +12,7 @@ import torch
 import transformers as T
 
 from circuit_hand import Gpt2Hand
+from families import present
 from intervenable import Circuit, edge_attribution_patching
 from intervenable.circuits import layout_of
 from intervenable.errors import ComponentError, ConfigError, InputError
@@ -143,9 +144,10 @@ def test_verify_reruns_the_largest_edges_exactly():
 
 
 def test_families_without_additive_heads_or_descriptions_are_refused():
-    olmo2, _ = FAMILIES["olmo2"]()  # reads the stream itself: no norm for a changed receiver's input
-    with pytest.raises(ComponentError, match="no norm before layer 0's attention"):
-        layout_of(olmo2)
+    if present("olmo2"):  # absent before transformers 4.47 (tests/families.py declares it; test_archs checks that)
+        olmo2, _ = FAMILIES["olmo2"]()  # reads the stream itself: no norm for a changed receiver's input
+        with pytest.raises(ComponentError, match="no norm before layer 0's attention"):
+            layout_of(olmo2)
     opt, _ = FAMILIES["opt"]()
     with pytest.raises(ComponentError, match="residual=Residual"):
         layout_of(opt)

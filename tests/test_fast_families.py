@@ -18,6 +18,7 @@ import pytest
 import torch
 import transformers as T
 
+from families import provided
 from intervenable.errors import ConfigError, FastPathFallbackWarning
 from intervenable.sites.registry import Architecture, find_architecture, register_architecture
 from intervenable.sweeps import causal_trace, patching_sweep
@@ -116,7 +117,7 @@ def hand_sweep(model: Any, path: str) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", provided(sorted(FAMILIES)))
 def test_fast_equals_general_equals_hand_written(family: str) -> None:
     model, path = FAMILIES[family]()
     with warnings.catch_warnings():

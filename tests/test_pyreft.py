@@ -12,6 +12,7 @@ pyreft 0.1.0's trainer predates transformers' ``num_items_in_batch`` argument to
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import sys
@@ -141,7 +142,9 @@ def test_readme_quickstart(pyreft: Any, dtype: torch.dtype, tmp_path, capsys, mo
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "run"), per_device_train_batch_size=len(EXAMPLES), max_steps=4, learning_rate=4e-3,
         report_to="none", use_cpu=True, disable_tqdm=True)
-    trainer = pyreft.ReftTrainerForCausalLM(model=reft_model, processing_class=tokenizer, args=args, **data_module)
+    # Trainer's tokenizer= is processing_class= from transformers 4.46 on (5 drops the old name).
+    named = "processing_class" if "processing_class" in inspect.signature(transformers.Trainer).parameters else "tokenizer"
+    trainer = pyreft.ReftTrainerForCausalLM(model=reft_model, args=args, **{named: tokenizer}, **data_module)
     trainer.train()
     assert all(not torch.equal(before[k], v) for k, v in intervention.state_dict().items())
     assert all(torch.equal(base_before[k], v) for k, v in model.state_dict().items())

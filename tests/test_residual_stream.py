@@ -14,6 +14,7 @@ from typing import Any, Dict, List
 import pytest
 import torch
 
+from families import provided
 from intervenable.errors import ComponentError
 from intervenable.sites.residual import final_norm, readout, residual_stream
 from test_fast_families import CLEAN, FAMILIES
@@ -29,7 +30,7 @@ def _main(o: Any) -> torch.Tensor:
     return o[0] if isinstance(o, (tuple, list)) else o
 
 
-@pytest.mark.parametrize("family", DESCRIBED)
+@pytest.mark.parametrize("family", provided(DESCRIBED))
 def test_layers_sum_their_writers_and_readout_gives_logits(family: str) -> None:
     model, _ = FAMILIES[family]()
     stream = residual_stream(model)
@@ -39,8 +40,10 @@ def test_layers_sum_their_writers_and_readout_gives_logits(family: str) -> None:
 
     def grab(key, module, kind):
         if kind == "input":
+            # the input positionally or as hidden_states= (transformers 4.45's GPT-J calls its blocks so)
             handles.append(module.register_forward_pre_hook(
-                lambda m, a, k=key: seen.__setitem__(k, a[0].detach()) if a else None))
+                lambda m, a, kw, k=key: seen.__setitem__(k, (a[0] if a else kw["hidden_states"]).detach())
+                if a or "hidden_states" in kw else None, with_kwargs=True))
         else:
             handles.append(module.register_forward_hook(lambda m, a, o, k=key: seen.__setitem__(k, _main(o).detach())))
 
@@ -73,7 +76,7 @@ def test_layers_sum_their_writers_and_readout_gives_logits(family: str) -> None:
         assert torch.allclose(stream.readout.logits(last), logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", DESCRIBED)
+@pytest.mark.parametrize("family", provided(DESCRIBED))
 def test_final_norm_arithmetic_is_the_module(family: str) -> None:
     """The described final norm (centring, epsilon, weight offset, bias) recomputes the module's output,
     and its frozen scale applied to parts of a sum gives the normed sum minus the bias."""
@@ -129,7 +132,7 @@ def test_a_model_without_a_head_has_no_readout() -> None:
         readout(model)
 
 
-@pytest.mark.parametrize("family", DESCRIBED)
+@pytest.mark.parametrize("family", provided(DESCRIBED))
 def test_grouped_query_and_post_norm_descriptions(family: str) -> None:
     """``kv_groups`` names the attention's attribute holding query heads per key/value head (what the
     model's own attention reads); ``sublayer_norms`` marks the families that norm sublayer outputs."""
@@ -148,7 +151,7 @@ def test_grouped_query_and_post_norm_descriptions(family: str) -> None:
         assert any(m is lr.out_proj for m in owner.modules())  # the attention module of this layer
 
 
-@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+@pytest.mark.parametrize("family", provided(["gemma2", "olmo2"]))
 def test_sublayer_norm_arithmetic_is_the_module_and_heads_share_the_attention_write(family: str) -> None:
     """The described post-sublayer norms recompute their modules; each head's output-projection term
     through the attention norm's frozen scale (of the whole attention output) sums to what the attention

@@ -38,6 +38,10 @@ from ..sites.site import Site, extract, replace as replace_value
 from ..sweeps.runner import logits_kwargs, logits_of
 from .graph import GraphLayout, describe
 
+#: The attention's key/value head count, which transformers 4.45 (not 5.x) splits keys and values by:
+#: ungrouping sets it to the query heads' count, beside the family's ``kv_groups`` attribute.
+_KV_HEADS = "num_key_value_heads"
+
 
 @dataclass(frozen=True)
 class LayerWiring:
@@ -250,6 +254,8 @@ class EdgeRun:
                 if lw.group > 1:
                     owner, name = lw.kv_groups
                     setattr(owner, name, 1)
+                    if hasattr(owner, _KV_HEADS):  # transformers 4.45 splits keys/values by this count
+                        setattr(owner, _KV_HEADS, lay.n_heads)
         return self._split[lw.layer]
 
     def _projection_hook(self, lw: LayerWiring, module: nn.Module, letter_sites: Tuple[Tuple[str, Site], ...]):
@@ -342,7 +348,9 @@ class EdgeRun:
 
     # -- the forward ---------------------------------------------------------------------------
     def run(self, ids: torch.Tensor) -> torch.Tensor:
-        saved = [(lw.kv_groups, getattr(*lw.kv_groups)) for lw in self.w.layers if lw.kv_groups is not None]
+        saved = []
+        for owner, name in (lw.kv_groups for lw in self.w.layers if lw.kv_groups is not None):
+            saved += [((owner, attr), getattr(owner, attr)) for attr in (name, _KV_HEADS) if hasattr(owner, attr)]
         try:
             with HookSet() as hooks:
                 hooks.add(self.w.stream0.module, "input", self._input_hook)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import socket
 import warnings
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
 
 from ..errors import InputError
+from ..version import configs_name_dtype
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -83,6 +84,14 @@ def load_tokenizer(name: str, cache_dir: Optional[str] = None) -> Any:
     return AutoTokenizer.from_pretrained(name, **resolve_source(name, cache_dir))
 
 
+def dtype_kwargs(dtype: Any) -> Dict[str, Any]:
+    """``from_pretrained``'s keyword for ``dtype``: ``dtype`` where configs have that attribute (transformers
+    4.56 on), else ``torch_dtype`` (4.45 would keep an unknown ``dtype`` on the config, unserialisable)."""
+    if dtype is None:
+        return {}
+    return {"dtype" if configs_name_dtype() else "torch_dtype": dtype}
+
+
 def _create(
     name: str,
     cache_dir: Optional[str],
@@ -110,8 +119,7 @@ def _create(
             # A folder with weights only: the model is still usable (transformers 4.x then tries to convert
             # a slow tokenizer that is not there, and may fail on a missing converter such as protobuf).
             tok = None
-    extra = {"dtype": dtype} if dtype is not None else {}
-    model = getattr(transformers, model_cls).from_pretrained(name, config=config, **kwargs, **extra)
+    model = getattr(transformers, model_cls).from_pretrained(name, config=config, **kwargs, **dtype_kwargs(dtype))
     return config, tok, model.eval()
 
 

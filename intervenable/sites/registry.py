@@ -24,7 +24,7 @@ The contract of a stack description:
   layer takes them; ``position_embeddings=rotary(hidden, position_ids)`` when
   ``rotary`` names the model's rotary module (with ``rotary_in_layers``, a model
   without that module is an older layout whose layers compute rotary themselves
-  from ``position_ids``: GPT-J before transformers 5.24); the key/value cache under the
+  from ``position_ids``: GPT-J before transformers 5.24, Gemma, Mistral, OLMo, Phi-3 before 4.46); the key/value cache under the
   layer's cache keyword (``cache``, ``past_key_values``, ``past_key_value`` or
   ``layer_past``, found from its signature unless ``cache_arg`` is given),
   holding the corrupted keys/values of positions ``< start``; and

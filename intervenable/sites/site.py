@@ -104,6 +104,8 @@ def extract(site: Site, value: Any) -> torch.Tensor:
         except (IndexError, KeyError) as exc:
             raise ShapeError(
                 f"Site {site.describe()}: the module returned {len(value)} values, no index {site.output_index}."
+                + (" Attention weights are only returned when asked: call the model with output_attentions=True."
+                   if site.head_layout == "bhsd" else "")
             ) from exc
         if isinstance(item, torch.Tensor):
             return item

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..hooks import HookSet
 from ..sites.site import Site
-from .runner import Values, capture, group_writes, write_hook
+from .runner import Values, capture_output, group_writes, logits_of, write_hook
 from .spec import Row, Write
 from .stack import PrefixCache, Stack
 
@@ -43,6 +43,8 @@ class Corrupted:
 
 
 def _cached_kv(cache: Any, j: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(cache, (tuple, list)):  # legacy per-layer (keys, values) pairs
+        return cache[j][0], cache[j][1]
     layers = getattr(cache, "layers", None)
     if layers is not None:
         return layers[j].keys, layers[j].values
@@ -69,14 +71,19 @@ def record_corrupted(model: nn.Module, stack: Stack, ids: torch.Tensor, sites: D
         hooks.add(stack.layers[-1], "output", post)
 
     model_kwargs: Dict[str, Any] = {}
-    cache = None
-    if not stack.bidirectional:
+    cache: Any = None
+    if not stack.bidirectional and stack.legacy_cache:
+        model_kwargs = {"use_cache": True}  # the model returns its keys/values as per-layer tuples
+    elif not stack.bidirectional:
         from transformers.cache_utils import DynamicCache
 
         cache = DynamicCache()
         params = inspect.signature(model.forward).parameters
         model_kwargs = {"cache" if "cache" in params else "past_key_values": cache, "use_cache": True}
-    logits, values = capture(model, ids, sites, keys, noise, extra=extra, model_kwargs=model_kwargs)
+    out, values = capture_output(model, ids, sites, keys, noise, extra=extra, model_kwargs=model_kwargs)
+    logits = logits_of(out)[:, -1]
+    if not stack.bidirectional and stack.legacy_cache:
+        cache = out.past_key_values
     kv = {j: tuple(t.detach() for t in _cached_kv(cache, j)) for j in range(L)} if cache is not None else {}
     return Corrupted([inputs[j] for j in range(L + 1)], kv, logits, values)
 

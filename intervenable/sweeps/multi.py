@@ -35,13 +35,10 @@ class RowPrefixCache(PrefixCache):
         super().__init__({})
         self.kv, self.p, self.rows = kv, p, rows
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        if self.p == 0:
-            return key_states, value_states
+    def prefix_kv(self, layer_idx: int, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
         k, v = self.kv[layer_idx]
-        idx = self.rows[: key_states.shape[0]]
-        return (torch.cat([k[idx, :, : self.p], key_states], dim=-2),
-                torch.cat([v[idx, :, : self.p], value_states], dim=-2))
+        idx = self.rows[:rows]
+        return k[idx, :, : self.p], v[idx, :, : self.p]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.p

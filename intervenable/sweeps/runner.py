@@ -38,6 +38,15 @@ def capture(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site], keys: I
 
     ``extra`` adds more hooks for the same forward; ``model_kwargs`` go to the model's call.
     """
+    out, store = capture_output(model, ids, sites, keys, noise, extra, model_kwargs)
+    return logits_of(out)[:, -1], store
+
+
+def capture_output(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site], keys: Iterable[str],
+                   noise: Optional[Tuple[torch.Tensor, int, int]] = None,
+                   extra: Optional[Callable[[HookSet], None]] = None,
+                   model_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[Any, Dict[str, torch.Tensor]]:
+    """As ``capture``, but return the model's whole output (not only its last logits) and the site values."""
     store: Dict[str, torch.Tensor] = {}
 
     def reader(key: str, site: Site) -> Callable[..., Any]:
@@ -58,7 +67,7 @@ def capture(model: nn.Module, ids: torch.Tensor, sites: Dict[str, Site], keys: I
         if extra is not None:
             extra(hooks)
         out = model(input_ids=ids, **logits_kwargs(model), **(model_kwargs or {}))
-    return logits_of(out)[:, -1], store
+    return out, store
 
 
 def logits_of(out: Any) -> torch.Tensor:

@@ -30,17 +30,34 @@ class PrefixCache:
     def __init__(self, prefix: Dict[int, Tuple[torch.Tensor, torch.Tensor]]) -> None:
         self.prefix = prefix
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+    def prefix_kv(self, layer_idx: int, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer_idx``'s fixed keys/values for ``rows`` batch rows."""
         pk, pv = self.prefix[layer_idx]
-        if pk.shape[-2] == 0:
+        return pk.expand(rows, *pk.shape[1:]), pv.expand(rows, *pv.shape[1:])
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        if self.get_seq_length(layer_idx) == 0:
             return key_states, value_states
-        b = key_states.shape[0]
-        return (torch.cat([pk.expand(b, -1, -1, -1), key_states], dim=-2),
-                torch.cat([pv.expand(b, -1, -1, -1), value_states], dim=-2))
+        pk, pv = self.prefix_kv(layer_idx, key_states.shape[0])
+        return torch.cat([pk, key_states], dim=-2), torch.cat([pv, value_states], dim=-2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         pk = self.prefix.get(layer_idx)
         return 0 if pk is None else int(pk[0].shape[-2])
+
+    def get_usable_length(self, new_seq_length: int, layer_idx: int = 0) -> int:
+        """The prefix length (transformers < 4.46 Mixtral / Phi-3 attention asks for it)."""
+        return self.get_seq_length(layer_idx)
+
+    def layer_past(self, layer_idx: int, rows: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The prefix as a legacy ``(keys, values)`` pair for ``rows`` rows (GPT-2, OPT); None when empty."""
+        return None if self.get_seq_length(layer_idx) == 0 else self.prefix_kv(layer_idx, rows)
+
+
+def takes_cache_objects(model: nn.Module) -> bool:
+    """False for models whose layers take legacy per-layer ``(keys, values)`` tuples (GPT-2 and OPT before
+    transformers 4.46 say so with ``_supports_cache_class = False``; later versions dropped the flag)."""
+    return getattr(model, "_supports_cache_class", True) is not False
 
 
 @dataclass
@@ -64,6 +81,7 @@ class Stack:
     cache_arg: str
     params: List[Set[str]]  # names each layer's forward takes
     fixed: Dict[str, Any] = field(default_factory=dict)
+    legacy_cache: bool = False  # layers take a (keys, values) tuple, not a cache object
 
     def context(self, start: int, end: int, like: torch.Tensor) -> Context:
         q = torch.arange(start, end, device=like.device)
@@ -75,10 +93,12 @@ class Stack:
 
     def call(self, j: int, h: torch.Tensor, cache: Optional[PrefixCache], ctx: Context) -> torch.Tensor:
         kwargs: Dict[str, Any] = dict(self.fixed)
-        kwargs["attention_mask"] = ctx.masks[self.windows[j]]
+        mask = ctx.masks[self.windows[j]]
+        # One mask row per batch row: OPT before transformers 4.46 checks the batch dimension.
+        kwargs["attention_mask"] = None if mask is None else mask.expand(h.shape[0], -1, -1, -1)
         params = self.params[j]
         if not self.bidirectional:
-            kwargs[self.cache_arg] = cache
+            kwargs[self.cache_arg] = cache.layer_past(j, h.shape[0]) if self.legacy_cache and cache is not None else cache
             if "use_cache" in params:
                 kwargs["use_cache"] = True
             if "position_ids" in params:
@@ -176,4 +196,5 @@ def build_stack(model: nn.Module) -> Tuple[Optional[Stack], str]:
         return _misfit(arch, "the layers take no key/value cache argument")
     windows = [desc.window(config, j) if desc.window is not None else None for j in range(n)]
     fixed = desc.layer_kwargs(config) if desc.layer_kwargs is not None else {}
-    return Stack(layers, read, rotary, windows, desc.bidirectional, cache_arg, params, fixed), ""
+    return Stack(layers, read, rotary, windows, desc.bidirectional, cache_arg, params, fixed,
+                 legacy_cache=not takes_cache_objects(model)), ""

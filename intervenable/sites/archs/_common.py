@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from ...version import transformers_older_than
 from ..registry import Component, ConfigFn, attr, inp, out
 
 hidden_size = attr("hidden_size", "d_model", "n_embd")
@@ -83,6 +84,7 @@ def fused_qkv_components(
     hd: ConfigFn = head_dim,
     hidden: ConfigFn = hidden_size,
     weights: bool = True,
+    weight_index: int = 1,
     **extra: Any,
 ) -> Dict[str, Component]:
     """Attention components for one fused q/k/v projection.
@@ -120,7 +122,8 @@ def fused_qkv_components(
         "head_value_output": out(qkv, kvw, slice=v_span, groups=g, heads=KV, **extra),
     }
     if weights:
-        table["attention_weight"] = out(attn, None, heads=H, output_index=1, writable=False, head_layout="bhsd", **extra)
+        table["attention_weight"] = out(attn, None, heads=H, output_index=weight_index, writable=False, head_layout="bhsd",
+                                        **extra)
     return table
 
 
@@ -145,6 +148,18 @@ def sliding_window(config: Any, layer: int) -> Optional[int]:
     if types is not None:
         return width if types[layer] == "sliding_attention" else None
     return width
+
+
+def weight_index_before(version: str) -> int:
+    """Where a family's attention module returns its weights: 2, after its key/value cache, on transformers
+    before ``version`` (the release whose attention stopped returning the cache), else 1."""
+    return 2 if transformers_older_than(version) else 1
+
+
+def masked_window(config: Any, layer: int) -> Optional[int]:
+    """``sliding_window`` for Mixtral, Phi-3 and Qwen2, whose eager and sdpa masks have no window before
+    transformers 4.46 (only flash attention, which the fast path does not use, windowed them then)."""
+    return None if transformers_older_than("4.46") else sliding_window(config, layer)
 
 
 def config_value(name: str) -> ConfigFn:

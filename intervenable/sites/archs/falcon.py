@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import Architecture, LayerStack, attr, inp, out, register_architecture
-from ._common import block_components, fused_qkv_components, hidden_size, n_heads
+from ._common import block_components, fused_qkv_components, hidden_size, n_heads, weight_index_before
 
 
 def kv_heads(c: Any) -> int:
@@ -28,7 +28,9 @@ _falcon.update(
         "mlp_input": inp(_L + ".mlp", hidden_size),
     }
 )
-_falcon.update(fused_qkv_components(_A, _A + ".query_key_value", _A + ".dense", groups=kv_heads, kv_heads=kv_heads))
+# Falcon's attention returned (output, cache, weights) before transformers 4.54.
+_falcon.update(fused_qkv_components(_A, _A + ".query_key_value", _A + ".dense", groups=kv_heads, kv_heads=kv_heads,
+                                    weight_index=weight_index_before("4.54")))
 
 FALCON = register_architecture(
     Architecture(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..registry import Architecture, LayerStack, Norm, Residual, attr, inp, out, register_architecture
+from ._common import weight_index_before
 
 hidden = attr("n_embd", "hidden_size")
 inner = attr("n_inner", default=lambda c: 4 * hidden(c))
@@ -30,7 +31,9 @@ GPT2 = register_architecture(
             "head_attention_value_output": inp(_ATTN + ".c_proj", hidden, heads=heads),
             "attention_output": out(_ATTN, hidden),
             "attention_input": inp(_ATTN, hidden),
-            "attention_weight": out(_ATTN, None, heads=heads, output_index=1, writable=False, head_layout="bhsd"),
+            # (output, cache, weights) before transformers 4.52
+            "attention_weight": out(_ATTN, None, heads=heads, output_index=weight_index_before("4.52"), writable=False,
+                                    head_layout="bhsd"),
             "query_output": out(_ATTN + ".c_attn", hidden, slice=_qkv(0)),
             "key_output": out(_ATTN + ".c_attn", hidden, slice=_qkv(1)),
             "value_output": out(_ATTN + ".c_attn", hidden, slice=_qkv(2)),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..registry import Architecture, LayerStack, Norm, Residual, attr, inp, out, register_architecture
-from ._common import attention_components, block_components, fused_qkv_components, hidden_size, n_heads
+from ._common import attention_components, block_components, fused_qkv_components, hidden_size, n_heads, weight_index_before
 
 _L = "layers.{layer}"
 _neox = block_components(_L, hidden_size)
@@ -14,7 +14,9 @@ _neox.update(
     }
 )
 # query_key_value's output is laid out per head: [h0: q k v | h1: q k v | ...].
-_neox.update(fused_qkv_components(_L + ".attention", _L + ".attention.query_key_value", _L + ".attention.dense", groups=n_heads))
+# GPT-NeoX's attention returned (output, cache, weights) before transformers 4.49; GPT-Neo's and GPT-J's before 4.54.
+_neox.update(fused_qkv_components(_L + ".attention", _L + ".attention.query_key_value", _L + ".attention.dense", groups=n_heads,
+                                  weight_index=weight_index_before("4.49")))
 
 GPT_NEOX = register_architecture(
     Architecture(
@@ -44,7 +46,8 @@ _neo.update(
 _SA = _H + ".attn.attention"
 _neo.update(
     attention_components(_H + ".attn", _SA + ".q_proj", _SA + ".k_proj", _SA + ".v_proj", _SA + ".out_proj",
-                         heads=_neo_heads, kv_heads=_neo_heads, hd=lambda c: hidden_size(c) // _neo_heads(c))
+                         heads=_neo_heads, kv_heads=_neo_heads, hd=lambda c: hidden_size(c) // _neo_heads(c),
+                         weight_index=weight_index_before("4.54"))
 )
 
 GPT_NEO = register_architecture(
@@ -72,7 +75,8 @@ _gptj.update(
 _GA = _H + ".attn"
 _gptj.update(
     attention_components(_GA, _GA + ".q_proj", _GA + ".k_proj", _GA + ".v_proj", _GA + ".out_proj",
-                         heads=_gptj_heads, kv_heads=_gptj_heads, hd=lambda c: hidden_size(c) // _gptj_heads(c))
+                         heads=_gptj_heads, kv_heads=_gptj_heads, hd=lambda c: hidden_size(c) // _gptj_heads(c),
+                         weight_index=weight_index_before("4.54"))
 )
 
 GPTJ = register_architecture(

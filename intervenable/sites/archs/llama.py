@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 from dataclasses import replace
 
 from ..registry import Architecture, Component, ConfigFn, LayerStack, Norm, Residual, attr, inp, out, register_architecture
-from ._common import attention_components, block_components, config_value, hidden_size, on, sliding_window
+from ._common import attention_components, block_components, config_value, hidden_size, masked_window, on, sliding_window
 
 intermediate = attr("intermediate_size")
 num_layers = attr("num_hidden_layers")
@@ -41,11 +41,12 @@ def llama_components(root: str = "layers.{layer}", cfg: Optional[ConfigFn] = Non
 RMS = Norm(centred=False, eps="variance_epsilon", bias="")
 GEMMA_RMS = Norm(centred=False, eps="eps", bias="", offset=1.0)
 OLMO_LN = Norm(centred=True, eps=1e-5, weight="", bias="")
-#: The fast sweep path's stack: rotary position embeddings from ``model.rotary_emb``, the final
+#: The fast sweep path's stack: rotary position embeddings from ``model.rotary_emb`` (before
+#: transformers 4.46 Gemma, Gemma2, Mistral and OLMo layers compute them from ``position_ids``), the final
 #: ``norm``, sliding windows from the config (Mistral, Qwen2 with ``use_sliding_window``, Gemma2's
 #: alternating layers), Gemma2's final logit soft-capping (``final_logit_softcapping``; None for the
 #: others). Gemma scales its embeddings before layer 0, which the cached inputs include.
-LLAMA_STACK = LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window,
+LLAMA_STACK = LayerStack(final=("norm",), rotary="rotary_emb", rotary_in_layers=True, window=sliding_window,
                          logit_softcap=config_value("final_logit_softcapping"),
                          residual=Residual(attention_norm="layers.{layer}.input_layernorm",
                                            mlp_norm="layers.{layer}.post_attention_layernorm",
@@ -64,8 +65,19 @@ OLMO2_STACK = replace(LLAMA_STACK, residual=Residual(
     mlp=out("layers.{layer}.post_feedforward_layernorm", hidden_size), sublayer_norm=RMS,
     kv_groups="layers.{layer}.self_attn.num_key_value_groups", final_norm=RMS))
 GEMMA_STACK = replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, final_norm=GEMMA_RMS))
+
+
+def gemma2_window(config: Any, layer: int) -> Optional[int]:
+    """Gemma2's window: from ``layer_types``; configs without them (transformers < 4.53) slide even layers."""
+    if getattr(config, "layer_types", None) is not None:
+        return sliding_window(config, layer)
+    return getattr(config, "sliding_window", None) if layer % 2 == 0 else None
+
+
+GEMMA2_STACK = replace(GEMMA2_STACK, window=gemma2_window)
 OLMO_STACK = replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, final_norm=OLMO_LN))
-_STACKS = {"gemma": GEMMA_STACK, "gemma2": GEMMA2_STACK, "olmo": OLMO_STACK, "olmo2": OLMO2_STACK}
+_STACKS = {"gemma": GEMMA_STACK, "gemma2": GEMMA2_STACK, "olmo": OLMO_STACK, "olmo2": OLMO2_STACK,
+           "qwen2": replace(LLAMA_STACK, window=masked_window)}
 
 _FAMILIES = {
     "llama": ("LLaMA", ("llama",)),

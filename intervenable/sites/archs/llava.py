@@ -4,7 +4,8 @@ Plain names are the language model ``model.language_model.layers[i]`` (widths
 from ``text_config``); ``vision_*`` names are the vision tower's encoder
 ``model.vision_tower.encoder.layers[i]`` (CLIP layout: separate
 ``q/k/v/out_proj``, ``mlp.fc1`` / ``activation_fn`` / ``fc2``; widths from
-``vision_config``; under transformers 4.x ``model.vision_tower.vision_model.encoder.layers[i]``).
+``vision_config``; under transformers 4.x ``model.vision_tower.vision_model.encoder.layers[i]``; before 4.52
+the whole model has no inner ``model``: ``language_model.model.layers[i]`` and ``vision_tower...``).
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def clip_components(root: str, cfg, **extra):
 
 
 _components = llama_components("language_model.layers.{layer}", cfg=text)
+# transformers before 4.52: no inner ``model``; the language model is a whole LlamaForCausalLM (language_model.model).
+_components = {name: replace(c, alternatives=c.alternatives + (c.module.replace("language_model.", "language_model.model.", 1),))
+               for name, c in _components.items()}
 _vision = clip_components("vision_tower.encoder.layers.{layer}", vision, num_layers=vision_layers)
 # transformers 4.x: the tower is a CLIPVisionModel, its encoder one level down (vision_tower.vision_model.encoder).
 _vision = {name: replace(c, alternatives=(c.module.replace("vision_tower.", "vision_tower.vision_model.", 1),))

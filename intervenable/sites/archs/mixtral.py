@@ -23,7 +23,7 @@ from torch import nn
 from dataclasses import replace
 
 from ..registry import Architecture, attr, inp, out, register_architecture
-from ._common import hidden_size
+from ._common import hidden_size, masked_window
 from .llama import LLAMA_STACK, llama_components, num_layers
 
 _HINT = "Mixtral's experts are fused in transformers>=5: call intervenable.sites.archs.mixtral.split_experts(model) first."
@@ -114,6 +114,7 @@ MIXTRAL = register_architecture(
         description="Mixtral: LLaMA attention + sparse MoE; expert components need split_experts(model) and moe_key.",
         # Routing is per token, inside the layer: nothing more to describe for the fast path; the whole
         # sparse-MoE block is what the MLP adds to the residual stream.
-        stack=replace(LLAMA_STACK, residual=replace(LLAMA_STACK.residual, mlp=_components["moe_output"])),
+        stack=replace(LLAMA_STACK, window=masked_window,
+                      residual=replace(LLAMA_STACK.residual, mlp=_components["moe_output"])),
     )
 )

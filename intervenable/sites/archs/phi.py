@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..registry import Architecture, LayerStack, Norm, Residual, attr, inp, out, register_architecture
-from ._common import attention_components, block_components, fused_qkv_components, hidden_size, sliding_window
+from ._common import attention_components, block_components, fused_qkv_components, hidden_size, masked_window
 
 _L = "layers.{layer}"
 _A = _L + ".self_attn"
@@ -51,7 +51,7 @@ PHI3 = register_architecture(
         num_layers=attr("num_hidden_layers"),
         components=_phi3,
         description="Phi-3: fused qkv_proj [q | k | v] with grouped-query attention, split by slices.",
-        stack=LayerStack(final=("norm",), rotary="rotary_emb", window=sliding_window,
+        stack=LayerStack(final=("norm",), rotary="rotary_emb", rotary_in_layers=True, window=masked_window,
                          residual=Residual(attention_norm=_L + ".input_layernorm", mlp_norm=_L + ".post_attention_layernorm",
                                            final_norm=Norm(centred=False, eps="variance_epsilon", bias=""))),
     )
