@@ -3,24 +3,28 @@
 #   bash scripts/bootstrap.sh [runtime]  .venv: the package and its runtime dependencies (scripts/demo.sh)
 #   bash scripts/bootstrap.sh dev        .venv: also the dev extras the tests need (scripts/test.sh)
 #   bash scripts/bootstrap.sh oldest     .venv-oldest: the same as dev on the oldest supported transformers
-#                                        (scripts/test.sh runs the suite in both)
+#   bash scripts/bootstrap.sh last4      .venv-last4: the same on the last 4.x release
+#                                        (scripts/test.sh runs the suite in all three)
 # torch==2.13.0 (the CPU build) is installed first so that no CUDA build of torch is pulled.
 # pip is quiet: nothing is printed on success, its whole log on failure.
 # Each part runs again only when pyproject.toml or this script changed (stamps in the venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The two ends of the supported transformers range (pyproject.toml), pinned here and only here;
-# scripts/test.sh runs the whole suite on each. tests/test_bootstrap.py checks pyproject.toml agrees.
+# The two ends of the supported transformers range (pyproject.toml), and the last 4.x release between
+# them, pinned here and only here; scripts/test.sh runs the whole suite on each. The oldest is pyreft
+# 0.1.0's pin. tests/test_bootstrap.py checks pyproject.toml agrees.
 NEWEST_TRANSFORMERS=5.24.0
-OLDEST_TRANSFORMERS=4.57.6
+OLDEST_TRANSFORMERS=4.45.1
+LAST4_TRANSFORMERS=4.57.6
 TORCH=2.13.0
 
 part="${1:-runtime}"
 case "$part" in
   runtime|dev) venv=.venv; transformers="$NEWEST_TRANSFORMERS" ;;
   oldest) venv=.venv-oldest; transformers="$OLDEST_TRANSFORMERS" ;;
-  *) echo "usage: bash scripts/bootstrap.sh [runtime|dev|oldest]" >&2; exit 2 ;;
+  last4) venv=.venv-last4; transformers="$LAST4_TRANSFORMERS" ;;
+  *) echo "usage: bash scripts/bootstrap.sh [runtime|dev|oldest|last4]" >&2; exit 2 ;;
 esac
 PY="${PYTHON:-python3}"
 
@@ -57,8 +61,8 @@ tests_only() {
   pip_install --no-deps "pyreft==0.1.0"
 }
 
-if [ "$part" = oldest ]; then
-  stamp="$venv/.intervenable-oldest"
+if [ "$part" = oldest ] || [ "$part" = last4 ]; then
+  stamp="$venv/.intervenable-$part"
   if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     installing "torch $TORCH, transformers $transformers, intervenable and its dev extras"
     base ".[dev]"

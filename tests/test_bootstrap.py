@@ -46,6 +46,11 @@ def test_runtime_then_dev_install_what_each_needs_once(tmp_path) -> None:
     assert old[:3] == ["-m pip install -q --upgrade pip", "-m pip install -q torch==2.13.0",
                        f"-m pip install -q -e .[dev] transformers=={oldest}"]
     assert not any(newest in c for c in old) and _bootstrap(tmp_path, "oldest") == []
+    last4 = _bootstrap(tmp_path, "last4")  # test.sh's third venv: the last 4.x release, built the same way
+    assert (tmp_path / ".venv-last4" / "bin" / "python").exists()
+    assert last4[:3] == ["-m pip install -q --upgrade pip", "-m pip install -q torch==2.13.0",
+                         f"-m pip install -q -e .[dev] transformers=={_last4()}"]
+    assert _bootstrap(tmp_path, "last4") == []
     (tmp_path / "pyproject.toml").write_text((tmp_path / "pyproject.toml").read_text() + "\n# changed\n")
     again = _bootstrap(tmp_path, "dev")  # a change reinstalls both parts
     assert again[:3] == runtime and f"-m pip install -q -e .[dev] transformers=={newest}" in again
@@ -55,6 +60,10 @@ def _pins() -> tuple:
     text = (ROOT / "scripts" / "bootstrap.sh").read_text()
     pins = dict(re.findall(r"^(NEWEST|OLDEST)_TRANSFORMERS=(\S+)$", text, re.M))
     return pins["NEWEST"], pins["OLDEST"]
+
+
+def _last4() -> str:
+    return re.search(r"^LAST4_TRANSFORMERS=(\S+)$", (ROOT / "scripts" / "bootstrap.sh").read_text(), re.M).group(1)
 
 
 def test_the_declared_transformers_range_is_the_tested_one() -> None:
@@ -67,14 +76,17 @@ def test_the_declared_transformers_range_is_the_tested_one() -> None:
     assert spec == f"transformers>={oldest},<{major}.{minor + 1}", spec
     readme = (ROOT / "README.md").read_text()
     assert f"transformers {oldest}" in readme and f"transformers {newest}" in readme
+    last4 = _last4()
+    version = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert last4.startswith("4.") and version(oldest) < version(last4) and f"transformers {last4}" in readme
 
 
 def test_the_test_script_fails_when_either_run_fails(tmp_path) -> None:
-    """scripts/test.sh runs pytest in .venv and in .venv-oldest, both always, and fails if one of them fails."""
+    """scripts/test.sh runs pytest in .venv, .venv-oldest and .venv-last4, all always, and fails if one fails."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "test.sh", tmp_path / "scripts")
     (tmp_path / "scripts" / "bootstrap.sh").write_text("exit 0\n")  # the venvs are the fakes below
-    for venv, rc in ((".venv", 0), (".venv-oldest", 1)):
+    for venv, rc in ((".venv", 0), (".venv-oldest", 1), (".venv-last4", 0)):
         (tmp_path / venv / "bin").mkdir(parents=True)
         fake = tmp_path / venv / "bin" / "python"
         fake.write_text(f"#!/usr/bin/env bash\n"
@@ -86,7 +98,7 @@ def test_the_test_script_fails_when_either_run_fails(tmp_path) -> None:
                          text=True, env=dict(os.environ, CALLS=str(calls)))
     assert run.returncode == 1 and "FAILED on transformers .venv-oldest-version" in run.stderr
     assert calls.read_text().splitlines() == [
-        f"{venv} -m pytest -n 2 -q -p no:cacheprovider tests/test_x.py" for venv in (".venv", ".venv-oldest")]
+        f"{venv} -m pytest -n 2 -q -p no:cacheprovider tests/test_x.py" for venv in (".venv", ".venv-oldest", ".venv-last4")]
 
 
 def test_demo_and_test_scripts_ask_for_their_part() -> None:

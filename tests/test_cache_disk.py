@@ -152,8 +152,8 @@ def _rank(rank: int, world: int, init_file: str, folder: str) -> None:
 def test_two_ranks_write_what_one_process_writes(reference: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "cache")
-        # forked (torch and the model code are already imported here): the ranks start in a fraction of spawn's time
-        mp.start_processes(_rank, args=(2, os.path.join(tmp, "init"), folder), nprocs=2, join=True, start_method="fork")
+        # spawned, not forked: a pytest-xdist worker runs threads of its own (execnet), and a fork copies their locks
+        mp.spawn(_rank, args=(2, os.path.join(tmp, "init"), folder), nprocs=2, join=True)
         assert folder_bytes(folder) == folder_bytes(reference)
 
 
