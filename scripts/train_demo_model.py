@@ -168,17 +168,21 @@ def build_tokenizer(facts: list[dict]) -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
                                    pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<eos>", model_max_length=32,
+                                   bos_token="<eos>", model_max_length=32, clean_up_tokenization_spaces=False,
                                    model_input_names=list(MODEL_INPUT_NAMES))
 
 
 def portable_tokenizer_config(tokenizer: PreTrainedTokenizerFast) -> dict:
-    """``tokenizer_config.json`` in the form every supported transformers loads (4.57 and 5.x).
+    """``tokenizer_config.json`` in the form every supported transformers loads (4.45 to 5.x).
 
     transformers 5 saves ``"tokenizer_class": "TokenizersBackend"``, a class 4.x does not have;
     ``PreTrainedTokenizerFast`` exists in both (in 5.x it names the same tokenizers backend).
+    ``clean_up_tokenization_spaces`` is said: its default was True before 4.46 (with a FutureWarning)
+    and False after, which would decode "x ," differently per version.
     """
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": tokenizer.unk_token,
+    return {"tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": bool(tokenizer.clean_up_tokenization_spaces),
+            "unk_token": tokenizer.unk_token,
             "pad_token": tokenizer.pad_token, "eos_token": tokenizer.eos_token,
             "bos_token": tokenizer.bos_token, "model_max_length": tokenizer.model_max_length,
             "model_input_names": list(MODEL_INPUT_NAMES)}

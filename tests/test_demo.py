@@ -79,6 +79,10 @@ def test_the_training_script_writes_the_shipped_tokenizer_files_in_a_version_ind
         assert loaded(" ".join(words))["input_ids"] == [vocab[w] for w in words]
     # No token_type_ids (transformers 4.x's default): GPT-2 would add them to the input as token 0's embedding.
     assert list(loaded("a b")) == ["input_ids", "attention_mask"]
+    # Decoding does not depend on the version's default (True before transformers 4.46, False after).
+    word = FACTS[0]["prompt"].split()[0]
+    assert loaded.clean_up_tokenization_spaces is False
+    assert loaded.decode(loaded(f"{word} ,")["input_ids"]) == f"{word} ,"
     assert (loaded.pad_token_id, loaded.unk_token_id, loaded.eos_token_id) == (vocab["<pad>"], vocab["<unk>"],
                                                                                  vocab["<eos>"])
 
