@@ -25,19 +25,17 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io.atomic import fsync_path
 from ..io.common import SerializationError
 from .request import Key
 
 FORMAT = "intervenable-activations/1"
 MANIFEST = "manifest.json"
-TMP = ".tmp-"
 
 
 def after_step(step: str) -> None:
@@ -146,28 +144,6 @@ def shard_run(path: str) -> Optional[Tuple[str, int]]:
         return meta["run"], int(meta["shard"])
     except Exception:  # noqa: BLE001 - any unreadable file is "not a complete shard"
         return None
-
-
-def write_atomic(folder: str, name: str, write: Any) -> None:
-    """``write(tmp_path)``, flush, rename to ``folder/name``: the file appears complete or not at all."""
-    final = os.path.join(folder, name)
-    tmp = os.path.join(folder, f".{name}{TMP}{os.getpid()}")
-    write(tmp)
-    after_step(f"wrote {name}")
-    fsync_path(tmp)
-    os.replace(tmp, final)
-    after_step(f"renamed {name}")
-    fsync_path(folder)
-    after_step(f"flushed {name}")
-
-
-def remove_leftovers(folder: str, names: Sequence[str]) -> None:
-    """Temporary files a killed run left for ``names`` (never anything else)."""
-    prefixes = tuple(f".{n}{TMP}" for n in names)
-    for entry in os.listdir(folder):
-        if entry.startswith(prefixes):
-            os.remove(os.path.join(folder, entry))
-            after_step(f"removed {entry}")
 
 
 def check_folder(path: Any) -> str:

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..distributed import rank_and_world
 from ..errors import ConfigError, InputError
+from ..io.atomic import remove_temporaries, replace_file
 from ..io.common import SerializationError, sha256_file, write_safetensors
 from . import disk
 from .request import resolve_sites
@@ -86,7 +87,8 @@ def cache_to_disk(model: nn.Module, data: Any, path: Any, components: Sequence[s
     run = disk.run_id(fingerprint, described, dtype_name, shards)
     rank, world = rank_and_world()
     mine = [s for s in shards if s.index % world == rank]
-    disk.remove_leftovers(folder, [disk.shard_name(s.index) for s in mine] + ([disk.MANIFEST] if rank == 0 else []))
+    remove_temporaries(folder, [disk.shard_name(s.index) for s in mine] + ([disk.MANIFEST] if rank == 0 else []),
+                       step=disk.after_step)
     done = []
     for s in mine:
         file = os.path.join(folder, disk.shard_name(s.index))
@@ -128,7 +130,7 @@ def cache_to_disk(model: nn.Module, data: Any, path: Any, components: Sequence[s
         manifest = _manifest(folder, fingerprint, described, dtype_name, shards, run, shard_tokens, batch_size, len(seqs))
         text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
         if not (os.path.exists(current) and _read(current) == text):
-            disk.write_atomic(folder, disk.MANIFEST, lambda tmp: _write(tmp, text))
+            replace_file(folder, disk.MANIFEST, lambda tmp: _write(tmp, text), step=disk.after_step)
     if world > 1:
         import torch.distributed as dist
 
@@ -137,7 +139,8 @@ def cache_to_disk(model: nn.Module, data: Any, path: Any, components: Sequence[s
 
 
 def _write_shard(folder: str, shard: disk.Shard, tensors: Dict[str, torch.Tensor], meta: Dict[str, str]) -> int:
-    disk.write_atomic(folder, disk.shard_name(shard.index), lambda tmp: write_safetensors(tmp, tensors, meta))
+    replace_file(folder, disk.shard_name(shard.index), lambda tmp: write_safetensors(tmp, tensors, meta),
+                 step=disk.after_step)
     return shard.tokens
 
 

@@ -118,6 +118,44 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+# -- one file ------------------------------------------------------------------------
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def replace_file(folder: str, name: str, write: Callable[[str], Any],
+                 step: Optional[Callable[[str], None]] = None) -> None:
+    """``write(tmp)`` into this process's temporary ``.tmp-{pid}-{name}`` (it keeps ``name``'s extension,
+    which may say the format), flush it, rename it to ``folder/name`` and flush the folder: the file appears
+    complete or not at all. ``step(what)`` runs after each change on disk (kill tests stop the process
+    there); a ``write`` that raises leaves no temporary file."""
+    tmp = os.path.join(folder, f"{TEMPORARY_PREFIX}{os.getpid()}-{name}")
+    try:
+        write(tmp)
+        if step is not None:
+            step(f"wrote {name}")
+        fsync_path(tmp)
+        os.replace(tmp, os.path.join(folder, name))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if step is not None:
+        step(f"renamed {name}")
+    fsync_path(folder)
+    if step is not None:
+        step(f"flushed {name}")
+
+
+def remove_temporaries(folder: str, names: List[str], step: Optional[Callable[[str], None]] = None) -> None:
+    """The temporary files that killed ``replace_file`` calls for ``names`` left, never anything else. Only for
+    names this process alone writes: another live writer's temporary file would go too."""
+    for entry in os.listdir(folder):
+        if entry.startswith(TEMPORARY_PREFIX) and any(entry.endswith(f"-{n}") for n in names):
+            os.remove(os.path.join(folder, entry))
+            if step is not None:
+                step(f"removed {entry}")
+
+
 def _seal(staging: str, names: List[str]) -> None:
     """Give the written files and their folder ordinary modes (as the umask allows) and flush them."""
     mask = umask()

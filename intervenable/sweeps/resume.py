@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io.atomic import fsync_path
+from ..io.atomic import remove_temporaries, replace_file
 from .examples import Example
 from .result import SweepResult
 
@@ -87,24 +87,12 @@ def _difference(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
 
 
 def _write_atomic(folder: str, name: str, write: Callable[[str], Any], owned: bool = True) -> None:
-    """``write(tmp)``, flush, rename to ``folder/name``. The temporary file is ``.tmp-{pid}-{name}`` (it keeps
-    the extension that says the format); when this process alone writes ``name`` (``owned``: an example's
-    file, one rank per example) the temporaries a killed writer of it left are removed first, so a resumed
-    folder holds only complete files."""
+    """``io.atomic.replace_file``; when this process alone writes ``name`` (``owned``: an example's file, one
+    rank per example) the temporaries a killed writer of it left are removed first, so a resumed folder
+    holds only complete files."""
     if owned:
-        for entry in os.listdir(folder):
-            if entry.startswith(".tmp-") and entry.endswith(f"-{name}"):
-                os.remove(os.path.join(folder, entry))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, os.path.join(folder, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_path(folder)
+        remove_temporaries(folder, [name])
+    replace_file(folder, name, write)
 
 
 class ResultStore:
