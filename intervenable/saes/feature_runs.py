@@ -61,9 +61,7 @@ def sae_sites(model: nn.Module, saes: Any) -> List[SAESite]:
         site = resolve_component(model, component, None if raw else layer)
         reads = site
         if sae.is_transcoder:  # the MLP's own input, as SAEIntervention reads it
-            reads = transcoder_reads(model, sae, site, f"SAE {n} ({sae.hook_name_out!r})") or Site(
-                module=site.module, module_path=site.module_path, hook="input", component=component + ":input",
-                layer=layer, width=sae.d_in)
+            reads = transcoder_reads(model, sae, site, f"SAE {n} ({sae.hook_name_out!r})")
         if site.width is not None and site.width != sae.d_out:
             raise ConfigError(f"SAE {n} writes vectors of width {sae.d_out} but {site.describe()} has width "
                               f"{site.width}: check its site (layer, component) against the model.")

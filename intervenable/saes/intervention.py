@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import ConfigError, InputError
 from ..interventions.base import Intervention, InterventionOutput, register_intervention
 from ..interventions.subspaces import subspace_mask
+from ..sites.site import Site
 from .sae import SAE
 
 Latents = Union[None, int, Iterable[int]]
@@ -170,7 +171,10 @@ class SAEIntervention(Intervention):
 
     def input_site(self, model: nn.Module, site: Any) -> Optional[Any]:
         """A transcoder reads its MLP's own input (None where that is the hooked module's input)."""
-        return transcoder_reads(model, self.sae, site, "This SAEIntervention") if self.sae.is_transcoder else None
+        if not self.sae.is_transcoder:
+            return None
+        reads = transcoder_reads(model, self.sae, site, "This SAEIntervention")
+        return None if reads.module is site.module else reads
 
     def forward(self, base: torch.Tensor, source: Optional[torch.Tensor] = None, subspaces: Any = None, **kwargs: Any):
         sae = self.sae
@@ -247,19 +251,21 @@ def _as_sae(spec: Any) -> SAE:
     raise ConfigError(f"SAEIntervention needs an SAE (pv.load_sae(...)); got {type(spec).__name__}.")
 
 
-def transcoder_reads(model: nn.Module, sae: SAE, site: Any, where: str) -> Optional[Any]:
+def transcoder_reads(model: nn.Module, sae: SAE, site: Site, where: str) -> Site:
     """The ``Site`` (hook "input") a transcoder written at ``site`` reads: the MLP's own input of its layer
-    (``sites.residual.mlp_input``), or None when that is ``site``'s module's own input. ``ConfigError``
-    when its width is not the transcoder's ``d_in``."""
+    (``sites.residual.mlp_input``), as ``site``'s module's own input where it is that module's (and for a raw
+    module path, where the user placed it). ``ConfigError`` when its width is not the transcoder's ``d_in``."""
     from ..sites.residual import mlp_input
 
-    if site.layer is None:  # a raw module path: the module's own input, as the user placed it
-        return None
+    own = Site(module=site.module, module_path=site.module_path, hook="input", component=site.component + ":input",
+               layer=site.layer, width=sae.d_in)
+    if site.layer is None:
+        return own
     reads = mlp_input(model, site.layer)
     if reads.width is not None and reads.width != sae.d_in:
         raise ConfigError(f"{where} is a transcoder reading vectors of width {sae.d_in}, but the MLP input it reads "
                           f"({reads.describe()}) has width {reads.width}: check its layer against the model.")
-    return None if reads.module is site.module else reads
+    return own if reads.module is site.module else reads
 
 
 def _check_transcoder_site(sae: SAE, layer: Optional[int], component: Optional[str]) -> None:
