@@ -166,14 +166,15 @@ def rewrite_hook(site: Site, apply: Callable[[torch.Tensor], torch.Tensor]) -> C
 
 def _module_input_units(slot: Slot, args: tuple, kwargs: dict, units: Units, state: CallState) -> torch.Tensor:
     """The module's own input at the same units (skip interventions), or its ``input_site``'s input of this call."""
+    site = slot.input_site or slot.site
     if slot.input_site is None:
-        view = slot.site.to_view(read_input(slot.site, args, kwargs))
-        return gather(view, resolve_units(units, view, slot.head_view, slot.where()), slot.head_view)
-    if slot.key not in state.module_inputs:
-        raise ShapeError(f"{slot.where()} reads the input of {slot.input_site.describe()}, which did not run before "
-                         "it in this forward.")
-    site = slot.input_site
-    view = site.to_view(state.module_inputs[slot.key])
+        full = read_input(site, args, kwargs)
+    elif slot.key in state.module_inputs:
+        full = state.module_inputs[slot.key]
+    else:
+        raise ShapeError(f"{slot.where()} reads the input of {site.describe()}, which did not run before it in "
+                         "this forward.")
+    view = site.to_view(full)
     return gather(view, resolve_units(units, view, site.has_heads, slot.where()), site.has_heads)
 
 

@@ -218,12 +218,17 @@ def _is_last(value: Any) -> bool:
     return isinstance(value, str) and value == LAST
 
 
+def _pair_with_last(value: Any) -> bool:
+    """A (source, base) pair with ``"last"`` on either side."""
+    return isinstance(value, (list, tuple)) and len(value) == 2 and any(map(_is_last, value))
+
+
 def uses_last(unit_locations: Any) -> bool:
     """True when ``unit_locations`` names the ``"last"`` real token anywhere ``expand_last`` reads it."""
     if not isinstance(unit_locations, Mapping):
         return _is_last(unit_locations)
     for value in unit_locations.values():
-        if _is_last(value) or (isinstance(value, (list, tuple)) and len(value) == 2 and any(map(_is_last, value))):
+        if _is_last(value) or _pair_with_last(value):
             return True
     return False
 
@@ -264,7 +269,7 @@ def expand_last(unit_locations: Any, units: Sequence[str], has_sources: bool, ba
             out[key] = side(value, base_rows) if _is_last(value) else value
         elif _is_last(value):
             out[key] = (side(value, source_last), side(value, base_rows))
-        elif isinstance(value, (list, tuple)) and len(value) == 2 and any(map(_is_last, value)):
+        elif _pair_with_last(value):
             out[key] = (side(value[0], source_last), side(value[1], base_rows))
         else:
             out[key] = value

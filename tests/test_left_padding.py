@@ -63,19 +63,22 @@ def test_left_padded_collect_at_minus_one_reads_the_prompt_alone(mask_dtype):
         assert torch.allclose(out.logits[row, -1], logits, atol=1e-5)
 
 
+def last_token_set_to(value: torch.Tensor):
+    """A ``patch`` for ``alone``: the block output's last token replaced by ``value``."""
+    def put(h):
+        h = h.clone()
+        h[0, -1] = value
+        return h
+    return put
+
+
 def test_left_padded_source_and_base_patch_matches_the_prompts_alone():
     """Row i: the last token of source i's block output copied into base i's last token."""
     sources = [[4, 4, 8, 1, 30], [6, 2]]
     pv_model = pv.IntervenableModel({"layer": 1, "component": "block_output"}, MODEL)
     _, out = pv_model(padded(PROMPTS, "left"), [padded(sources, "left")], unit_locations={"sources->base": -1})
     for row, (prompt, source) in enumerate(zip(PROMPTS, sources)):
-        src_last = alone(source)[0][-1]
-
-        def put(h, value=src_last):
-            h = h.clone()
-            h[0, -1] = value
-            return h
-
+        put = last_token_set_to(alone(source)[0][-1])
         assert torch.allclose(out.logits[row, -1], alone(prompt, patch=put)[1], atol=1e-5)
 
 
@@ -128,13 +131,7 @@ def test_last_on_both_sides_reads_each_inputs_own_mask():
     _, pair = pv_model(base, [padded(sources, "left")], unit_locations={"sources->base": (-1, "last")})
     assert torch.equal(out.logits, pair.logits)
     for row, (prompt, source) in enumerate(zip(PROMPTS, sources)):
-        src_last = alone(source)[0][-1]
-
-        def put(h, value=src_last):
-            h = h.clone()
-            h[0, -1] = value
-            return h
-
+        put = last_token_set_to(alone(source)[0][-1])
         last = len(prompt) - 1
         assert torch.allclose(out.logits[row, last], alone(prompt, patch=put)[1], atol=1e-5)
 

@@ -135,10 +135,10 @@ def test_a_model_without_a_head_has_no_readout() -> None:
 @pytest.mark.parametrize("family", provided(DESCRIBED))
 def test_grouped_query_and_post_norm_descriptions(family: str) -> None:
     """``kv_groups`` names the attention's attribute holding query heads per key/value head (what the
-    model's own attention reads); ``sublayer_norms`` marks the families that norm sublayer outputs."""
+    model's own attention reads); ``attention_post`` marks the families that norm sublayer outputs."""
     model, _ = FAMILIES[family]()
     stream = residual_stream(model)
-    assert stream.sublayer_norms == (family in ("gemma2", "olmo2"))
+    assert any(lr.attention_post is not None for lr in stream.layers) == (family in ("gemma2", "olmo2"))
     config = model.config
     heads = config.num_attention_heads if hasattr(config, "num_attention_heads") else config.n_head
     kv = getattr(config, "num_key_value_heads", None) or heads

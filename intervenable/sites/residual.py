@@ -83,11 +83,6 @@ class ResidualStream:
     parallel: bool
     readout: Readout
 
-    @property
-    def sublayer_norms(self) -> bool:
-        """The sublayers' outputs are normed before they are added (Gemma2, OLMo2)."""
-        return any(lr.attention_post is not None for lr in self.layers)
-
 
 @dataclass(frozen=True)
 class NormArithmetic:
